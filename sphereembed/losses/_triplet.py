@@ -1,0 +1,400 @@
+"""Triplet losses: batch-all, batch-hard and semi-hard mining in O(B^2) memory.
+
+Naive batch-all and semi-hard mining materialise all B^3 (anchor, positive,
+negative) triplets (pytorch-metric-learning does), which at B = 2048 needs tens
+of gigabytes. Here each anchor's negative distances are sorted once and every
+question about triplets becomes a binary search into that row:
+
+* batch-all: for a positive pair (a, p) with ``t = d_ap + margin``, the active
+  negatives are those with ``d_an < t`` and their hinge losses sum to
+  ``cnt * t - sum(d_an < t)``. Written as ``sum_p cnt_ap * t_ap -
+  sum_n cnt'_an * d_an`` with integer counts (constants almost everywhere),
+  the loss is linear in the distances, so autodiff gives the exact gradient
+  without differentiating through the sort.
+* semi-hard: the selected negative of (a, p) is the successor of ``d_ap`` in
+  the sorted row; a custom VJP sends the gradient back to it (split evenly
+  between exactly tied negatives).
+
+Sorting is done on the bit patterns of the non-negative distances
+reinterpreted as integers (same order, several times faster on CPU than a
+float sort), and distances are never differentiated through the sort.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from sphereembed import geometry
+from sphereembed.losses import _common
+
+Reduction = Literal["mean_active", "mean", "sum"]
+
+__all__ = ["triplet_batch_all", "triplet_batch_hard", "triplet_semi_hard"]
+
+
+# ----------------------------------------------------------------------------
+# Sorted-row machinery.
+
+
+def _order_keys(x: jax.Array) -> jax.Array:
+  """Integer keys with the order of the non-negative floats ``x`` (NaN-free).
+
+  For IEEE floats >= +0 (including +inf) the bit pattern read as a signed
+  integer is monotone in the value; negative inputs are mapped to +0.
+  """
+  bits = jnp.finfo(x.dtype).bits
+  x = jnp.where(x > 0, x, jnp.zeros((), x.dtype))
+  return jax.lax.bitcast_convert_type(x, jnp.dtype(f"int{bits}"))
+
+
+def _row_searchsorted(sorted_keys: jax.Array, query_keys: jax.Array, side: str) -> jax.Array:
+  """Row-wise ``searchsorted``: for each row r, positions of ``query_keys[r]`` in ``sorted_keys[r]``."""
+  search = functools.partial(jnp.searchsorted, side=side, method="scan")
+  return jax.vmap(search)(sorted_keys, query_keys).astype(jnp.int32)
+
+
+def _distances_and_masks(embeddings, labels, metric):
+  distances = geometry.pairwise_distances(embeddings, metric=metric)
+  positives, negatives = _common.pair_masks(labels)
+  return distances, positives, negatives
+
+
+def _check_inputs(embeddings, labels, weights, margin, reduction=None):
+  embeddings = _common.check_embeddings(embeddings)
+  labels = _common.check_labels(labels, embeddings.shape[0])
+  weights = _common.check_weights(weights, embeddings.shape[0], embeddings.dtype)
+  if reduction is not None and reduction not in ("mean_active", "mean", "sum"):
+    raise ValueError(f"reduction must be 'mean_active', 'mean' or 'sum', got {reduction!r}.")
+  if not isinstance(margin, jax.core.Tracer) and jnp.ndim(margin) != 0:
+    raise ValueError(f"margin must be a scalar, got shape {jnp.shape(margin)}.")
+  _common.validate_if_concrete(embeddings, labels, weights)
+  return embeddings, labels, weights
+
+
+def _hinge(x: jax.Array, soft_margin: bool) -> jax.Array:
+  return jax.nn.softplus(x) if soft_margin else jax.nn.relu(x)
+
+
+def _stats(num_active, num_valid, dtype):
+  num_active = jnp.asarray(num_active, dtype)
+  num_valid = jnp.asarray(num_valid, dtype)
+  fraction = jnp.where(num_valid > 0, num_active / jnp.where(num_valid > 0, num_valid, 1), 0)
+  return {"fraction_active": fraction, "num_active": num_active, "num_valid": num_valid}
+
+
+def _anchor_weights(weights, batch_size, dtype):
+  return jnp.ones((batch_size,), dtype) if weights is None else weights
+
+
+# ----------------------------------------------------------------------------
+# Batch-all.
+
+
+def _batch_all_hinge_rows(distances, positives, negatives, margin):
+  """Per anchor: (sum of hinge losses, number of active triplets), in O(B^2)."""
+  inf = jnp.asarray(jnp.inf, distances.dtype)
+  thresholds = distances + margin  # t_ap = d_ap + margin
+  # Anchor a's negatives, sorted; non-negatives are +inf and sort last.
+  negative_keys = jnp.sort(_order_keys(jnp.where(negatives, distances, inf)), axis=1)
+  # cnt_ap = #{n : d_an < t_ap}; a non-positive entry queries 0 and counts nothing.
+  count_below = _row_searchsorted(
+      negative_keys, _order_keys(jnp.where(positives, thresholds, 0)), side="left")
+  # cnt'_an = #{p : t_ap > d_an}; non-positives query as 0, larger than nothing.
+  threshold_keys = jnp.sort(_order_keys(jnp.where(positives, thresholds, 0)), axis=1)
+  count_above = distances.shape[1] - _row_searchsorted(
+      threshold_keys, _order_keys(distances), side="right")
+  count_above = jnp.where(negatives, count_above, 0)
+  count_below = jax.lax.stop_gradient(count_below).astype(distances.dtype)
+  count_above = jax.lax.stop_gradient(count_above).astype(distances.dtype)
+  # sum_{p,n} relu(t_ap - d_an) = sum_p cnt_ap * t_ap - sum_n cnt'_an * d_an.
+  hinge_sum = (jnp.sum(jnp.where(positives, count_below * thresholds, 0), axis=1)
+               - jnp.sum(jnp.where(negatives, count_above * distances, 0), axis=1))
+  return hinge_sum, jnp.sum(count_below, axis=1)
+
+
+def _batch_all_softplus_rows(distances, positives, negatives, margin):
+  """Per anchor: sum of softplus over all valid triplets.
+
+  Every valid triplet contributes, so this is O(B^3) time; memory stays
+  O(B^2) by mapping over chunks of anchors and rematerialising in the
+  backward pass.
+  """
+  batch_size = distances.shape[0]
+
+  @jax.checkpoint
+  def one_anchor(row):
+    d, pos, neg = row
+    x = d[:, None] + margin - d[None, :]
+    valid = pos[:, None] & neg[None, :]
+    return jnp.sum(jnp.where(valid, jax.nn.softplus(x), 0)), jnp.sum(valid & (x > 0))
+
+  chunk = max(1, min(batch_size, 2**22 // max(1, batch_size * batch_size)))
+  hinge_sum, num_active = jax.lax.map(one_anchor, (distances, positives, negatives), batch_size=chunk)
+  return hinge_sum, num_active.astype(distances.dtype)
+
+
+def triplet_batch_all(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    margin: float = 0.2,
+    metric: geometry.Metric = "euclidean",
+    reduction: Reduction = "mean_active",
+    soft_margin: bool = False,
+    weights: jax.Array | None = None,
+    return_stats: bool = False,
+):
+  """Triplet loss over all valid triplets of a batch ("batch-all").
+
+  For every anchor a, positive p (same label, p != a) and negative n
+  (different label): ``relu(d(a, p) - d(a, n) + margin)``. The computation
+  sorts each anchor's negative distances and uses binary search and counts,
+  so memory is O(B^2) and time O(B^2 log B); no B x B x B tensor is built.
+
+  Args:
+    embeddings: ``(B, D)`` floating array, used as given (``"cosine"`` and
+      ``"great_circle"`` expect unit vectors).
+    labels: ``(B,)`` int class ids or ``(B, C)`` multi-hot labels (samples
+      sharing at least one label are positives).
+    margin: the triplet margin.
+    metric: a metric of :func:`sphereembed.geometry.pairwise_distances`.
+    reduction: ``"mean_active"`` divides the sum by the number of triplets
+      with positive loss (0 if none), ``"mean"`` by the number of valid
+      triplets, ``"sum"`` returns the sum.
+    soft_margin: replace ``relu(x)`` by ``softplus(x)`` (Hermans et al. use
+      ``margin=0``). Every triplet then has a positive loss, so
+      ``"mean_active"`` divides by the number of valid triplets; this mode
+      takes O(B^3) time (O(B^2) memory).
+    weights: optional ``(B,)`` non-negative per-sample weights; a triplet is
+      weighted by its anchor's weight and the means are weighted means.
+    return_stats: also return a dict with ``fraction_active`` (share of
+      valid triplets with ``d_ap - d_an + margin > 0``), ``num_active`` and
+      ``num_valid`` (unweighted counts).
+
+  Returns:
+    The scalar loss (0, with a zero gradient, when the batch has no valid
+    triplet: one class, only singleton classes, or one sample), or
+    ``(loss, stats)`` with ``return_stats=True``.
+
+  Raises:
+    ValueError: on bad shapes or dtypes, an unknown metric or reduction, and,
+      when called outside ``jit``, NaN embeddings or invalid labels.
+
+  References:
+    Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
+    Re-Identification", 2017.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sphereembed.losses import triplet_batch_all
+    >>> x = jnp.array([[0.0, 0.0], [0.1, 0.0], [0.15, 0.0]])
+    >>> print(f"{triplet_batch_all(x, jnp.array([0, 0, 1]), margin=0.2):.3f}")
+    0.175
+  """
+  embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin, reduction)
+  batch_size, dtype = embeddings.shape[0], embeddings.dtype
+  distances, positives, negatives = _distances_and_masks(embeddings, labels, metric)
+  if soft_margin:
+    row_loss, row_active = _batch_all_softplus_rows(distances, positives, negatives, margin)
+  else:
+    row_loss, row_active = _batch_all_hinge_rows(distances, positives, negatives, margin)
+  row_valid = (jnp.sum(positives, axis=1).astype(dtype) * jnp.sum(negatives, axis=1).astype(dtype))
+  w = _anchor_weights(weights, batch_size, dtype)
+  total = jnp.sum(w * row_loss)
+  if reduction == "sum":
+    loss = total
+  else:
+    use_active = reduction == "mean_active" and not soft_margin
+    denominator = jnp.sum(w * (row_active if use_active else row_valid))
+    loss = jnp.where(denominator > 0, total / jnp.where(denominator > 0, denominator, 1), 0)
+  if return_stats:
+    return loss, _stats(jnp.sum(row_active), jnp.sum(row_valid), dtype)
+  return loss
+
+
+# ----------------------------------------------------------------------------
+# Batch-hard.
+
+
+def triplet_batch_hard(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    margin: float = 0.2,
+    metric: geometry.Metric = "euclidean",
+    soft_margin: bool = False,
+    weights: jax.Array | None = None,
+    return_stats: bool = False,
+):
+  """Batch-hard triplet loss: the hardest positive and negative per anchor.
+
+  For each anchor a with at least one positive and one negative:
+  ``relu(max_p d(a, p) - min_n d(a, n) + margin)``; the mean over those
+  anchors.
+
+  Args:
+    embeddings: ``(B, D)`` floating array, used as given.
+    labels: ``(B,)`` int class ids or ``(B, C)`` multi-hot labels.
+    margin: the triplet margin.
+    metric: a metric of :func:`sphereembed.geometry.pairwise_distances`.
+    soft_margin: ``softplus`` instead of ``relu`` (use ``margin=0`` for the
+      soft-margin loss of Hermans et al.).
+    weights: optional ``(B,)`` per-sample weights of the anchors (a weighted
+      mean over anchors).
+    return_stats: also return ``fraction_active`` (share of the anchors whose
+      hardest triplet violates the margin), ``num_active``, ``num_valid``.
+
+  Returns:
+    The scalar loss (0 with a zero gradient when no anchor has both a
+    positive and a negative), or ``(loss, stats)``.
+
+  Raises:
+    ValueError: on bad shapes, dtypes or metric and, outside ``jit``, on NaN
+      embeddings or invalid labels.
+
+  References:
+    Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
+    Re-Identification", 2017.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sphereembed.losses import triplet_batch_hard
+    >>> x = jnp.array([[0.0, 0.0], [0.1, 0.0], [0.15, 0.0]])
+    >>> print(f"{triplet_batch_hard(x, jnp.array([0, 0, 1]), margin=0.2):.3f}")
+    0.217
+  """
+  embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin)
+  dtype = embeddings.dtype
+  distances, positives, negatives = _distances_and_masks(embeddings, labels, metric)
+  has_positive = jnp.any(positives, axis=1)
+  has_negative = jnp.any(negatives, axis=1)
+  valid = has_positive & has_negative
+  # Masked entries never win the max/min, so their gradient is exactly zero.
+  hardest_positive = jnp.max(jnp.where(positives, distances, -jnp.inf), axis=1)
+  hardest_negative = jnp.min(jnp.where(negatives, distances, jnp.inf), axis=1)
+  x = jnp.where(valid, hardest_positive - hardest_negative + margin, 0)
+  loss = _common.weighted_mean(_hinge(x, soft_margin), valid, weights)
+  if return_stats:
+    return loss, _stats(jnp.sum(valid & (x > 0)), jnp.sum(valid), dtype)
+  return loss
+
+
+# ----------------------------------------------------------------------------
+# Semi-hard.
+
+
+@jax.custom_vjp
+def _semi_hard_negative(negative_distances: jax.Array, positive_distances: jax.Array) -> jax.Array:
+  """For each (a, p): the smallest ``d_an > d_ap``, else the largest ``d_an``.
+
+  ``negative_distances`` hold +inf where n is not a negative of a; every row
+  must have at least one finite entry for the result to be meaningful.
+  """
+  return _semi_hard_forward(negative_distances, positive_distances)[0]
+
+
+def _semi_hard_forward(negative_distances, positive_distances):
+  keys = _order_keys(negative_distances)
+  sorted_keys = jnp.sort(keys, axis=1)
+  sorted_values = jax.lax.bitcast_convert_type(sorted_keys, negative_distances.dtype)
+  num_negatives = jnp.sum(jnp.isfinite(negative_distances), axis=1, keepdims=True).astype(jnp.int32)
+  # First sorted position with d_an > d_ap: the start of the successor's tie group.
+  successor = _row_searchsorted(sorted_keys, _order_keys(positive_distances), side="right")
+  largest = jnp.take_along_axis(sorted_values, jnp.maximum(num_negatives - 1, 0), axis=1)
+  # Start of the largest value's tie group, so ties are handled alike.
+  largest_start = _row_searchsorted(sorted_keys, _order_keys(largest), side="left")
+  position = jnp.where(successor < num_negatives, successor, largest_start)
+  position = jnp.clip(position, 0, sorted_keys.shape[1] - 1)
+  selected = jnp.take_along_axis(sorted_values, position, axis=1)
+  return selected, (sorted_keys, keys, position)
+
+
+def _semi_hard_fwd(negative_distances, positive_distances):
+  selected, residuals = _semi_hard_forward(negative_distances, positive_distances)
+  return selected, (residuals, positive_distances)
+
+
+def _semi_hard_bwd(residuals, cotangent):
+  (sorted_keys, keys, position), positive_distances = residuals
+  rows = jnp.arange(position.shape[0])[:, None]
+  # Cotangent gathered per sorted position, then spread evenly over the tie
+  # group of each negative (exact ties are an arbitrary choice otherwise).
+  per_position = jnp.zeros(sorted_keys.shape, cotangent.dtype).at[rows, position].add(cotangent)
+  group_start = _row_searchsorted(sorted_keys, keys, side="left")
+  group_end = _row_searchsorted(sorted_keys, keys, side="right")
+  group_size = jnp.maximum(group_end - group_start, 1).astype(cotangent.dtype)
+  grad = jnp.take_along_axis(per_position, jnp.clip(group_start, 0, keys.shape[1] - 1), axis=1)
+  finite = keys < _order_keys(jnp.asarray(jnp.inf, cotangent.dtype))
+  grad = jnp.where(finite, grad / group_size, 0)
+  return grad, jnp.zeros_like(positive_distances)
+
+
+_semi_hard_negative.defvjp(_semi_hard_fwd, _semi_hard_bwd)
+
+
+def triplet_semi_hard(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    margin: float = 0.2,
+    metric: geometry.Metric = "euclidean",
+    soft_margin: bool = False,
+    weights: jax.Array | None = None,
+    return_stats: bool = False,
+):
+  """Semi-hard triplet loss (FaceNet; the TensorFlow Addons convention).
+
+  For every valid positive pair (a, p) whose anchor has a negative: the
+  negative with the smallest ``d(a, n)`` among those with ``d(a, n) > d(a, p)``;
+  if there is none, the negative with the largest ``d(a, n)``. The loss is
+  ``relu(d(a, p) - d(a, n) + margin)`` averaged over those positive pairs.
+  Mining sorts each anchor's negatives once (O(B^2) memory). When several
+  negatives tie exactly at the selected distance, the gradient is split evenly
+  between them.
+
+  Args:
+    embeddings: ``(B, D)`` floating array, used as given.
+    labels: ``(B,)`` int class ids or ``(B, C)`` multi-hot labels.
+    margin: the triplet margin.
+    metric: a metric of :func:`sphereembed.geometry.pairwise_distances`.
+    soft_margin: ``softplus`` instead of ``relu``.
+    weights: optional ``(B,)`` per-sample weights of the anchors.
+    return_stats: also return ``fraction_active`` (share of the mined
+      triplets violating the margin), ``num_active``, ``num_valid``.
+
+  Returns:
+    The scalar loss (0 with a zero gradient when there is no positive pair
+    with a negative), or ``(loss, stats)``.
+
+  Raises:
+    ValueError: on bad shapes, dtypes or metric and, outside ``jit``, on NaN
+      embeddings or invalid labels.
+
+  References:
+    Schroff, Kalenichenko & Philbin, "FaceNet: A Unified Embedding for Face
+    Recognition and Clustering", CVPR 2015.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sphereembed.losses import triplet_semi_hard
+    >>> x = jnp.array([[0.0, 0.0], [0.1, 0.0], [0.15, 0.0]])
+    >>> print(f"{triplet_semi_hard(x, jnp.array([0, 0, 1]), margin=0.2):.3f}")
+    0.175
+  """
+  embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin)
+  dtype = embeddings.dtype
+  distances, positives, negatives = _distances_and_masks(embeddings, labels, metric)
+  inf = jnp.asarray(jnp.inf, dtype)
+  negative_distances = jnp.where(negatives, distances, inf)
+  selected = _semi_hard_negative(negative_distances, jnp.where(positives, distances, 0))
+  valid = positives & jnp.any(negatives, axis=1, keepdims=True)
+  x = jnp.where(valid, distances - jnp.where(valid, selected, 0) + margin, 0)
+  w = None if weights is None else weights[:, None]
+  loss = _common.weighted_mean(_hinge(x, soft_margin), valid, w)
+  if return_stats:
+    return loss, _stats(jnp.sum(valid & (x > 0)), jnp.sum(valid), dtype)
+  return loss
