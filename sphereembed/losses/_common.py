@@ -160,3 +160,18 @@ def weighted_mean(values: jax.Array, mask: jax.Array, weights: jax.Array | None 
   total = jnp.sum(w)
   safe_total = jnp.where(total > 0, total, 1.0)
   return jnp.where(total > 0, jnp.sum(jnp.where(mask, values, 0.0) * w) / safe_total, 0.0)
+
+
+def check_scalar(value, name: str, dtype) -> jax.Array:
+  """Static check: a real scalar (shape ``()``; a tracer is fine), cast to ``dtype``.
+
+  For hyperparameters such as a margin or temperature and for learned scalar
+  parameters; the cast keeps the loss in the embeddings' precision.
+  """
+  value = jnp.asarray(value)
+  if value.ndim != 0:
+    raise ValueError(
+        f"{name} must be a scalar, got shape {value.shape} (use .reshape(()) for a size-1 array).")
+  if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+    raise ValueError(f"{name} must be a real number, got dtype {value.dtype}.")
+  return value.astype(dtype)

@@ -1,0 +1,332 @@
+"""Pair losses: the contrastive loss over a batch and siamese losses on explicit pairs.
+
+* :func:`contrastive` scores every pair of a labelled batch (Hadsell, Chopra &
+  LeCun 2006): positives are pulled together, negatives pushed beyond a margin.
+* :func:`siamese_l1_bce` and :func:`siamese_cosine_bce` take explicit pairs
+  ``(embeddings1[n], embeddings2[n])`` with a "same"/"different" target and a
+  binary cross-entropy on a match logit (Koch, Zemel & Salakhutdinov 2015).
+
+Cross-entropies are computed from logits (``log_sigmoid``), never from
+probabilities, so they are finite for any finite logit.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sphereembed import geometry
+from sphereembed.losses import _common
+from sphereembed.losses._triplet import _stats
+
+__all__ = ["contrastive", "siamese_cosine_bce", "siamese_l1_bce"]
+
+
+# ----------------------------------------------------------------------------
+# Contrastive loss over a labelled batch.
+
+
+def contrastive(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    margin: float = 1.0,
+    metric: geometry.Metric = "euclidean",
+    weights: jax.Array | None = None,
+    return_stats: bool = False,
+):
+  """Contrastive loss over all pairs of a batch (Hadsell, Chopra & LeCun).
+
+  For every valid pair ``i < j`` with distance ``d = d(x_i, x_j)``:
+  ``0.5 * d^2`` if ``i`` and ``j`` are positives (same label) and
+  ``0.5 * relu(margin - d)^2`` if they are negatives; the loss is the mean over
+  all pairs. With ``metric="euclidean"`` the positive term ``0.5 * d^2`` is
+  taken from the squared distance directly, so its gradient is exact (and 0)
+  at ``d = 0`` rather than going through a square root.
+
+  Edge cases (value; the gradient is always finite, never NaN):
+
+  * one class (no negatives): the mean of ``0.5 * d^2`` over all pairs;
+  * only singleton classes (no positives): the mean of
+    ``0.5 * relu(margin - d)^2`` over all pairs;
+  * one sample (no pair): 0 with a zero gradient;
+  * duplicate embeddings (``d = 0``): a positive duplicate pair adds 0, a
+    negative one ``0.5 * margin^2``; at ``d = 0`` the euclidean and
+    great-circle distances have the zero subgradient, so that pair does not
+    push the duplicates apart (their direction is undefined);
+  * zero embeddings: ``metric="euclidean"`` gives ``d = 0`` for all pairs,
+    hence ``0.5 * margin^2`` times the share of negative pairs, with a zero
+    gradient (``"cosine"``/``"great_circle"`` are meant for unit vectors).
+
+  Args:
+    embeddings: ``(B, D)`` floating array, used as given (``"cosine"`` and
+      ``"great_circle"`` expect unit vectors, see
+      :func:`sphereembed.geometry.l2_normalize`).
+    labels: ``(B,)`` int class ids or ``(B, C)`` multi-hot labels (samples
+      sharing at least one label are positives; a sample without labels is a
+      negative of every other sample).
+    margin: negatives closer than ``margin`` are penalised (a scalar, may be
+      traced).
+    metric: a metric of :func:`sphereembed.geometry.pairwise_distances`;
+      ``d`` is that metric's value (for ``"squared_euclidean"``, the positive
+      term is ``0.5 * ||x_i - x_j||^4``).
+    weights: optional ``(B,)`` non-negative per-sample weights; the pair
+      ``(i, j)`` has weight ``w_i * w_j`` and the loss is the weighted mean.
+    return_stats: also return a dict with ``fraction_active`` (share of the
+      negative pairs inside the margin, ``d < margin``), ``num_active`` and
+      ``num_valid`` (number of negative pairs ``i < j``), unweighted.
+
+  Returns:
+    The scalar loss, or ``(loss, stats)`` with ``return_stats=True``.
+
+  Raises:
+    ValueError: on bad shapes or dtypes, a non-scalar margin, an unknown
+      metric and, when called outside ``jit``, NaN embeddings, invalid labels
+      or negative weights.
+
+  References:
+    Hadsell, Chopra & LeCun, "Dimensionality Reduction by Learning an
+    Invariant Mapping", CVPR 2006.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sphereembed.losses import contrastive
+    >>> x = jnp.array([[0.0, 0.0], [0.6, 0.0], [0.0, 0.8]])
+    >>> # pairs: (0,1) positive 0.5*0.36; (0,2) negative 0.5*0.2^2; (1,2) d=1.
+    >>> print(f"{contrastive(x, jnp.array([0, 0, 1]), margin=1.0):.4f}")
+    0.0667
+  """
+  embeddings = _common.check_embeddings(embeddings)
+  batch_size, dtype = embeddings.shape[0], embeddings.dtype
+  labels = _common.check_labels(labels, batch_size)
+  weights = _common.check_weights(weights, batch_size, dtype)
+  margin = _common.check_scalar(margin, "margin", dtype)
+  if metric not in geometry.METRICS:
+    raise ValueError(f"Unknown metric {metric!r}; expected one of {geometry.METRICS}.")
+  _common.validate_if_concrete(embeddings, labels, weights)
+
+  if metric == "euclidean":
+    squared = geometry.pairwise_distances(embeddings, metric="squared_euclidean")
+    distances = geometry.safe_sqrt(squared)
+  else:
+    distances = geometry.pairwise_distances(embeddings, metric=metric)
+    squared = jnp.square(distances)
+  positives, negatives = _common.pair_masks(labels)
+  upper = jnp.triu(jnp.ones((batch_size, batch_size), dtype=bool), k=1)
+  positives, negatives = positives & upper, negatives & upper
+
+  pair_loss = 0.5 * jnp.where(positives, squared, jnp.square(jax.nn.relu(margin - distances)))
+  pair_weights = None if weights is None else weights[:, None] * weights[None, :]
+  loss = _common.weighted_mean(pair_loss, upper, pair_weights)
+  if return_stats:
+    return loss, _stats(jnp.sum(negatives & (distances < margin)), jnp.sum(negatives), dtype)
+  return loss
+
+
+# ----------------------------------------------------------------------------
+# Siamese losses on explicit pairs.
+
+
+def _check_pairs(embeddings1, embeddings2, is_same, weights):
+  """Static checks of the siamese inputs; value checks when concrete."""
+  embeddings1 = _common.check_embeddings(embeddings1, "embeddings1")
+  embeddings2 = _common.check_embeddings(embeddings2, "embeddings2")
+  if embeddings1.shape != embeddings2.shape:
+    raise ValueError(
+        f"embeddings1 and embeddings2 must have the same shape (N, D), got "
+        f"{embeddings1.shape} and {embeddings2.shape}.")
+  if embeddings1.dtype != embeddings2.dtype:
+    raise ValueError(
+        f"embeddings1 and embeddings2 must have the same dtype, got "
+        f"{embeddings1.dtype} and {embeddings2.dtype}.")
+  num_pairs, dtype = embeddings1.shape[0], embeddings1.dtype
+  is_same = jnp.asarray(is_same)
+  if is_same.shape != (num_pairs,):
+    raise ValueError(f"is_same must have shape ({num_pairs},), got {is_same.shape}.")
+  if not (is_same.dtype == jnp.bool_ or jnp.issubdtype(is_same.dtype, jnp.integer)
+          or jnp.issubdtype(is_same.dtype, jnp.floating)):
+    raise ValueError(f"is_same must be bool, integer or float 0/1, got dtype {is_same.dtype}.")
+  weights = _common.check_weights(weights, num_pairs, dtype)
+  for name, array in (("embeddings1", embeddings1), ("embeddings2", embeddings2)):
+    if _common.is_concrete(array):
+      _common.validate_embeddings(array, name)
+  if _common.is_concrete(is_same):
+    values = np.asarray(is_same)
+    if not np.all((values == 0) | (values == 1)):
+      raise ValueError("is_same must contain only 0 and 1 (or False/True).")
+  if weights is not None and _common.is_concrete(weights):
+    _common.validate_weights(weights)
+  return embeddings1, embeddings2, is_same.astype(dtype), weights
+
+
+def _validate_finite(value, name):
+  if _common.is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+    raise ValueError(f"{name} contains NaN or infinite values.")
+
+
+def _abs(x: jax.Array) -> jax.Array:
+  """``|x|`` with the zero (minimum-norm) subgradient at 0, as in ``geometry``."""
+  return jnp.where(x != 0, jnp.abs(x), 0)
+
+
+def _mean_bce(logits, targets, weights):
+  losses = optax.sigmoid_binary_cross_entropy(logits, targets)
+  return _common.weighted_mean(losses, jnp.ones(losses.shape, bool), weights)
+
+
+def siamese_l1_bce(
+    embeddings1: jax.Array,
+    embeddings2: jax.Array,
+    is_same: jax.Array,
+    weight: jax.Array,
+    bias: jax.Array,
+    *,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+  """Binary cross-entropy on a weighted L1 distance (Koch et al. siamese nets).
+
+  For each pair ``n``: ``logit_n = weight . |f1_n - f2_n| + bias`` is the
+  logit that the two samples match, and the loss is the binary cross-entropy
+  ``-[y log sigmoid(logit) + (1 - y) log sigmoid(-logit)]`` against
+  ``y = is_same[n]``, computed from the logit (stable for any logit), averaged
+  over the pairs. ``weight`` and ``bias`` are the learned parameters of the
+  final logistic unit (e.g. ``kernel[:, 0]`` and ``bias[0]`` of a
+  ``flax.linen.Dense(1)``); the model usually learns negative entries of
+  ``weight``, so that close pairs (small ``|f1 - f2|``) get a high match
+  logit. The absolute value has the zero subgradient where ``f1 == f2``.
+
+  Edge cases (value; the gradient is always finite): all pairs "same" or all
+  "different" (one class, or only singleton classes): the mean of the one
+  BCE term present; one pair: its BCE; duplicate or zero embeddings
+  (``f1 == f2``): ``logit = bias``, loss ``softplus(bias) - y * bias``, and
+  a zero gradient with respect to the embeddings; no pair (``N = 0``): 0.
+
+  Args:
+    embeddings1: ``(N, D)`` floating array, first member of each pair.
+    embeddings2: ``(N, D)`` array of the same shape and dtype.
+    is_same: ``(N,)`` bool, or integer/float with values 0 and 1: whether the
+      pair shows the same class.
+    weight: ``(D,)`` floating weights of the L1 components.
+    bias: scalar bias of the logit.
+    weights: optional ``(N,)`` non-negative per-pair weights (a weighted mean).
+
+  Returns:
+    The scalar loss.
+
+  Raises:
+    ValueError: on bad shapes or dtypes and, when called outside ``jit``, NaN
+      or infinite embeddings or parameters, ``is_same`` values other than 0/1
+      or negative weights.
+
+  References:
+    Koch, Zemel & Salakhutdinov, "Siamese Neural Networks for One-shot Image
+    Recognition", ICML Deep Learning Workshop 2015.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sphereembed.losses import siamese_l1_bce
+    >>> f1 = jnp.array([[0.0, 0.0], [0.0, 0.0]])
+    >>> f2 = jnp.array([[0.1, 0.0], [1.0, 2.0]])
+    >>> w = jnp.array([-2.0, -2.0])
+    >>> # logits 1.8 (same, loss 0.153) and -4.0 (different, loss 0.018).
+    >>> print(f"{siamese_l1_bce(f1, f2, jnp.array([True, False]), w, 2.0):.4f}")
+    0.0856
+  """
+  embeddings1, embeddings2, targets, weights = _check_pairs(
+      embeddings1, embeddings2, is_same, weights)
+  dim, dtype = embeddings1.shape[1], embeddings1.dtype
+  weight = jnp.asarray(weight)
+  if weight.shape != (dim,):
+    raise ValueError(f"weight must have shape ({dim},), got {weight.shape}.")
+  if not jnp.issubdtype(weight.dtype, jnp.floating):
+    raise ValueError(f"weight must have a floating dtype, got {weight.dtype}.")
+  weight = weight.astype(dtype)
+  bias = _common.check_scalar(bias, "bias", dtype)
+  _validate_finite(weight, "weight")
+  _validate_finite(bias, "bias")
+
+  # A sum rather than a matmul: exact float products on every backend.
+  logits = jnp.sum(_abs(embeddings1 - embeddings2) * weight, axis=-1) + bias
+  return _mean_bce(logits, targets, weights)
+
+
+def _safe_cosine(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Row-wise cosine similarity; 0 with a zero gradient when a row is zero."""
+  x_norm = geometry.safe_sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  y_norm = geometry.safe_sqrt(jnp.sum(jnp.square(y), axis=-1, keepdims=True))
+  nonzero = (x_norm > 0) & (y_norm > 0)
+  # Each vector is normalised before the product (no overflow of |x| |y|); the
+  # double `where` keeps the unselected branch finite for a zero vector.
+  x_unit = x / jnp.where(nonzero, x_norm, 1)
+  y_unit = y / jnp.where(nonzero, y_norm, 1)
+  return jnp.where(nonzero[:, 0], jnp.sum(x_unit * y_unit, axis=-1), 0)
+
+
+def siamese_cosine_bce(
+    embeddings1: jax.Array,
+    embeddings2: jax.Array,
+    is_same: jax.Array,
+    *,
+    scale: float | jax.Array = 10.0,
+    bias: float | jax.Array = -5.0,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+  """Binary cross-entropy on a scaled cosine similarity of explicit pairs.
+
+  For each pair ``n``: ``logit_n = scale * cos(f1_n, f2_n) + bias`` with the
+  true cosine similarity ``f1 . f2 / (|f1| |f2|)`` (the embeddings need not be
+  unit vectors), then the binary cross-entropy against ``is_same`` from the
+  logit, averaged over the pairs. ``scale`` and ``bias`` may be learned
+  parameters (scalar arrays; the loss is differentiable in them). The
+  defaults map ``cos = 0.5`` to a match probability of 1/2.
+
+  Edge cases (value; the gradient is always finite): all pairs "same" or all
+  "different" (one class, or only singleton classes): the mean of the one
+  BCE term present; one pair: its BCE; duplicate embeddings: ``cos = 1``
+  (up to rounding), ``logit = scale + bias``; zero embeddings (either member
+  zero, or its squared norm underflowing to 0): ``cos = 0`` with a zero
+  gradient with respect to that pair's embeddings, ``logit = bias``; no pair
+  (``N = 0``): 0.
+
+  Args:
+    embeddings1: ``(N, D)`` floating array, first member of each pair.
+    embeddings2: ``(N, D)`` array of the same shape and dtype.
+    is_same: ``(N,)`` bool, or integer/float with values 0 and 1.
+    scale: scalar multiplying the cosine similarity.
+    bias: scalar added to the logit.
+    weights: optional ``(N,)`` non-negative per-pair weights (a weighted mean).
+
+  Returns:
+    The scalar loss.
+
+  Raises:
+    ValueError: on bad shapes or dtypes and, when called outside ``jit``, NaN
+      or infinite embeddings or parameters, ``is_same`` values other than 0/1
+      or negative weights.
+
+  References:
+    Koch, Zemel & Salakhutdinov, "Siamese Neural Networks for One-shot Image
+    Recognition", ICML Deep Learning Workshop 2015 (here with a cosine
+    similarity instead of the weighted L1 distance).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sphereembed.losses import siamese_cosine_bce
+    >>> f1 = jnp.array([[1.0, 0.0], [1.0, 0.0]])
+    >>> f2 = jnp.array([[2.0, 0.0], [0.0, 3.0]])
+    >>> # cosines 1 and 0: logits 5 (same) and -5 (different), each loss 0.0067.
+    >>> print(f"{siamese_cosine_bce(f1, f2, jnp.array([1, 0])):.4f}")
+    0.0067
+  """
+  embeddings1, embeddings2, targets, weights = _check_pairs(
+      embeddings1, embeddings2, is_same, weights)
+  dtype = embeddings1.dtype
+  scale = _common.check_scalar(scale, "scale", dtype)
+  bias = _common.check_scalar(bias, "bias", dtype)
+  _validate_finite(scale, "scale")
+  _validate_finite(bias, "bias")
+
+  logits = scale * _safe_cosine(embeddings1, embeddings2) + bias
+  return _mean_bce(logits, targets, weights)
