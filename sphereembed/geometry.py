@@ -40,7 +40,8 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   Args:
     x: array of any floating dtype.
     axis: the axis holding the vector components.
-    eps: lower bound on the norm used as divisor.
+    eps: lower bound on the norm used as divisor (raised to the dtype's
+      smallest normal number, so that ``1/eps`` stays finite in float16).
 
   Returns:
     An array of the shape and dtype of ``x``.
@@ -48,29 +49,43 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   Example:
     >>> import jax.numpy as jnp
     >>> from sphereembed.geometry import l2_normalize
-    >>> l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]]))
-    Array([[0.6, 0.8],
-           [0. , 0. ]], dtype=float32)
+    >>> l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
   """
   x = jnp.asarray(x)
+  dtype = x.dtype
+  # The gradient at 0 is 1/eps: keep it representable in low precisions.
+  eps = max(eps, float(jnp.finfo(dtype).tiny))
+  if jnp.finfo(dtype).bits < 32:
+    # eps**2 underflows in float16/bfloat16: accumulate the norm in float32.
+    x = x.astype(jnp.float32)
   squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
   # max(||x||, eps) computed on the squared norm so that sqrt never sees 0.
   norm = jnp.sqrt(jnp.maximum(squared_norm, jnp.asarray(eps, x.dtype) ** 2))
-  return x / norm
+  return (x / norm).astype(dtype)
 
 
-def _squared_euclidean(x: jax.Array, y: jax.Array, same: bool) -> jax.Array:
+def _gram_parts(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   # The Gram form needs O(N*M) memory instead of the O(N*M*D) of differences.
   # HIGHEST precision keeps GPUs/TPUs from rounding the dot products to bf16/tf32.
-  xx = jnp.sum(jnp.square(x), axis=-1)
-  yy = jnp.sum(jnp.square(y), axis=-1)
-  xy = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
-  squared = xx[:, None] + yy[None, :] - 2.0 * xy
-  if same:
-    # Exact zeros on the diagonal (cancellation otherwise leaves ~1e-7 noise).
-    squared = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, squared)
+  xx = jnp.sum(jnp.square(x), axis=-1)[:, None]
+  yy = jnp.sum(jnp.square(y), axis=-1)[None, :]
+  return xx, yy, jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _clamp_squared(squared: jax.Array, zero_diagonal: bool) -> jax.Array:
+  if zero_diagonal:
+    # Exact zeros on the diagonal (cancellation otherwise leaves ~eps noise).
+    squared = jnp.where(jnp.eye(squared.shape[0], dtype=bool), 0.0, squared)
   # `where` rather than `maximum`: exact +0.0 (never -0.0) and a zero gradient.
   return jnp.where(squared > 0, squared, 0.0)
+
+
+def _half_angle(chord: jax.Array) -> jax.Array:
+  """``2 * arcsin(chord / 2)`` with the argument clamped to [0, 1] (zero gradient past 1)."""
+  half = chord / 2.0
+  inside = half < 1.0
+  return jnp.where(inside, 2.0 * jnp.arcsin(jnp.where(inside, half, 0.0)), jnp.pi)
 
 
 def pairwise_distances(
@@ -87,14 +102,19 @@ def pairwise_distances(
       inputs are used as given: pass unit vectors (see :func:`l2_normalize`).
     * ``"great_circle"``: the geodesic (angular) distance on the unit sphere,
       ``2 * arcsin(||x_i - y_j|| / 2)`` with the argument clamped to
-      ``[0, 1]``, in ``[0, pi]``. It equals ``arccos(x_i . y_j)`` for unit
-      vectors but is accurate near 0 and pi, where ``arccos`` is not. Note:
+      ``[0, 1]``, in ``[0, pi]``; it equals ``arccos(x_i . y_j)`` for unit
+      vectors. Obtuse angles are computed as ``pi - 2 * arcsin(||x_i + y_j|| / 2)``
+      (the same value on unit vectors), which keeps the gradient bounded at
+      antipodal points. Note:
       the N-Centroids source slides write ``2 * asin(||u - v||)``, which is
       wrong for unit vectors (the chord ``||u - v||`` lies in ``[0, 2]``);
       this is the correct formula. Inputs are used as given: pass unit vectors.
 
   Distances are clamped at 0 and, when ``y`` is ``None``, the diagonal is
-  exactly 0. Gradients are finite everywhere; at identical points (distance
+  exactly 0. They are computed from the Gram matrix (O(N M) memory instead of
+  the O(N M D) of explicit differences), so the absolute error of a squared
+  distance is about ``eps * ||x||^2``: in float32, distances below roughly
+  ``3e-4 * ||x||`` are not resolved (use float64 where that matters). Gradients are finite everywhere; at identical points (distance
   0) and at antipodal points for ``"great_circle"`` (distance pi, a maximum)
   they are the zero subgradient.
 
@@ -115,8 +135,8 @@ def pairwise_distances(
     >>> import jax.numpy as jnp
     >>> from sphereembed.geometry import pairwise_distances
     >>> u = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    >>> pairwise_distances(u, metric="great_circle")[0]
-    Array([0.       , 1.5707964, 3.1415927], dtype=float32)
+    >>> pairwise_distances(u, metric="great_circle")[0].round(4).tolist()
+    [0.0, 1.5708, 3.1416]
   """
   if metric not in METRICS:
     raise ValueError(f"Unknown metric {metric!r}; expected one of {METRICS}.")
@@ -140,14 +160,18 @@ def pairwise_distances(
       distance = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, distance)
     return jnp.where(distance > 0, distance, 0.0)
 
-  squared = _squared_euclidean(x, y, same)
+  xx, yy, xy = _gram_parts(x, y)
+  squared = _clamp_squared(xx + yy - 2.0 * xy, zero_diagonal=same)
   if metric == "squared_euclidean":
     return squared
   chord = safe_sqrt(squared)
   if metric == "euclidean":
     return chord
-  # great_circle: arcsin has an infinite derivative at 1 (antipodal points);
-  # there the distance is at its maximum, so the zero subgradient is used.
-  half_chord = chord / 2.0
-  interior = half_chord < 1.0
-  return jnp.where(interior, 2.0 * jnp.arcsin(jnp.where(interior, half_chord, 0.0)), jnp.pi)
+  # great_circle. arcsin(c/2) is ill-conditioned as c -> 2 (antipodal points),
+  # where the Gram form leaves c^2 = 4 - O(eps): its derivative would reach
+  # 1/sqrt(eps). For obtuse angles use the supplementary chord s = ||u + v||
+  # instead: pi - 2*arcsin(s/2) is the same angle on unit vectors, and each
+  # branch keeps arcsin's argument below 1/sqrt(2), so gradients stay bounded.
+  supplementary = safe_sqrt(_clamp_squared(xx + yy + 2.0 * xy, zero_diagonal=False))
+  acute = chord <= supplementary
+  return jnp.where(acute, _half_angle(chord), jnp.pi - _half_angle(supplementary))

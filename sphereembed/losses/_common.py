@@ -17,12 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "active_stats",
     "check_embeddings",
     "check_labels",
+    "check_scalar",
     "check_weights",
     "is_concrete",
+    "pair_masks",
     "positive_mask",
     "validate_embeddings",
+    "validate_if_concrete",
     "validate_labels",
     "validate_weights",
     "weighted_mean",
@@ -175,3 +179,11 @@ def check_scalar(value, name: str, dtype) -> jax.Array:
   if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
     raise ValueError(f"{name} must be a real number, got dtype {value.dtype}.")
   return value.astype(dtype)
+
+
+def active_stats(num_active, num_valid, dtype) -> dict[str, jax.Array]:
+  """The ``return_stats`` dict: ``fraction_active``, ``num_active``, ``num_valid``."""
+  num_active = jnp.asarray(num_active, dtype)
+  num_valid = jnp.asarray(num_valid, dtype)
+  fraction = jnp.where(num_valid > 0, num_active / jnp.where(num_valid > 0, num_valid, 1), 0)
+  return {"fraction_active": fraction, "num_active": num_active, "num_valid": num_valid}

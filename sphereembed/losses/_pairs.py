@@ -19,7 +19,6 @@ import optax
 
 from sphereembed import geometry
 from sphereembed.losses import _common
-from sphereembed.losses._triplet import _stats
 
 __all__ = ["contrastive", "siamese_cosine_bce", "siamese_l1_bce"]
 
@@ -121,7 +120,7 @@ def contrastive(
   pair_weights = None if weights is None else weights[:, None] * weights[None, :]
   loss = _common.weighted_mean(pair_loss, upper, pair_weights)
   if return_stats:
-    return loss, _stats(jnp.sum(negatives & (distances < margin)), jnp.sum(negatives), dtype)
+    return loss, _common.active_stats(jnp.sum(negatives & (distances < margin)), jnp.sum(negatives), dtype)
   return loss
 
 

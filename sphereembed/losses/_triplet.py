@@ -97,13 +97,6 @@ def _hinge(x: jax.Array, soft_margin: bool) -> jax.Array:
   return jax.nn.softplus(x) if soft_margin else jax.nn.relu(x)
 
 
-def _stats(num_active, num_valid, dtype):
-  num_active = jnp.asarray(num_active, dtype)
-  num_valid = jnp.asarray(num_valid, dtype)
-  fraction = jnp.where(num_valid > 0, num_active / jnp.where(num_valid > 0, num_valid, 1), 0)
-  return {"fraction_active": fraction, "num_active": num_active, "num_valid": num_valid}
-
-
 def _anchor_weights(weights, batch_size, dtype):
   return jnp.ones((batch_size,), dtype) if weights is None else weights
 
@@ -209,9 +202,10 @@ def triplet_batch_all(
   Example:
     >>> import jax.numpy as jnp
     >>> from sphereembed.losses import triplet_batch_all
-    >>> x = jnp.array([[0.0, 0.0], [0.1, 0.0], [0.15, 0.0]])
-    >>> print(f"{triplet_batch_all(x, jnp.array([0, 0, 1]), margin=0.2):.3f}")
-    0.175
+    >>> x = jnp.array([[0.0, 0.0], [0.3, 0.0], [0.1, 0.0], [0.5, 0.0]])
+    >>> loss, stats = triplet_batch_all(x, jnp.array([0, 0, 1, 1]), margin=0.2, return_stats=True)
+    >>> print(f"{loss:.4f}, active {stats['fraction_active']:.3f}")
+    0.3429, active 0.875
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin, reduction)
   batch_size, dtype = embeddings.shape[0], embeddings.dtype
@@ -230,7 +224,7 @@ def triplet_batch_all(
     denominator = jnp.sum(w * (row_active if use_active else row_valid))
     loss = jnp.where(denominator > 0, total / jnp.where(denominator > 0, denominator, 1), 0)
   if return_stats:
-    return loss, _stats(jnp.sum(row_active), jnp.sum(row_valid), dtype)
+    return loss, _common.active_stats(jnp.sum(row_active), jnp.sum(row_valid), dtype)
   return loss
 
 
@@ -281,9 +275,9 @@ def triplet_batch_hard(
   Example:
     >>> import jax.numpy as jnp
     >>> from sphereembed.losses import triplet_batch_hard
-    >>> x = jnp.array([[0.0, 0.0], [0.1, 0.0], [0.15, 0.0]])
-    >>> print(f"{triplet_batch_hard(x, jnp.array([0, 0, 1]), margin=0.2):.3f}")
-    0.217
+    >>> x = jnp.array([[0.0, 0.0], [0.3, 0.0], [0.1, 0.0], [0.5, 0.0]])
+    >>> print(f"{triplet_batch_hard(x, jnp.array([0, 0, 1, 1]), margin=0.2):.4f}")
+    0.4000
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin)
   dtype = embeddings.dtype
@@ -297,7 +291,7 @@ def triplet_batch_hard(
   x = jnp.where(valid, hardest_positive - hardest_negative + margin, 0)
   loss = _common.weighted_mean(_hinge(x, soft_margin), valid, weights)
   if return_stats:
-    return loss, _stats(jnp.sum(valid & (x > 0)), jnp.sum(valid), dtype)
+    return loss, _common.active_stats(jnp.sum(valid & (x > 0)), jnp.sum(valid), dtype)
   return loss
 
 
@@ -404,9 +398,9 @@ def triplet_semi_hard(
   Example:
     >>> import jax.numpy as jnp
     >>> from sphereembed.losses import triplet_semi_hard
-    >>> x = jnp.array([[0.0, 0.0], [0.1, 0.0], [0.15, 0.0]])
-    >>> print(f"{triplet_semi_hard(x, jnp.array([0, 0, 1]), margin=0.2):.3f}")
-    0.175
+    >>> x = jnp.array([[0.0, 0.0], [0.3, 0.0], [0.1, 0.0], [0.5, 0.0]])
+    >>> print(f"{triplet_semi_hard(x, jnp.array([0, 0, 1, 1]), margin=0.2):.4f}")
+    0.2000
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin)
   dtype = embeddings.dtype
@@ -419,5 +413,5 @@ def triplet_semi_hard(
   w = None if weights is None else weights[:, None]
   loss = _common.weighted_mean(_hinge(x, soft_margin), valid, w)
   if return_stats:
-    return loss, _stats(jnp.sum(valid & (x > 0)), jnp.sum(valid), dtype)
+    return loss, _common.active_stats(jnp.sum(valid & (x > 0)), jnp.sum(valid), dtype)
   return loss
