@@ -313,16 +313,21 @@ def _semi_hard_forward(negative_distances, positive_distances):
   keys = _order_keys(negative_distances)
   sorted_keys = jnp.sort(keys, axis=1)
   sorted_values = jax.lax.bitcast_convert_type(sorted_keys, negative_distances.dtype)
-  num_negatives = jnp.sum(jnp.isfinite(negative_distances), axis=1, keepdims=True).astype(jnp.int32)
-  # First sorted position with d_an > d_ap: the start of the successor's tie group.
-  successor = _row_searchsorted(sorted_keys, _order_keys(positive_distances), side="right")
+  is_negative = jnp.isfinite(negative_distances)
+  num_negatives = jnp.sum(is_negative, axis=1, keepdims=True).astype(jnp.int32)
+  # One binary search answers both questions: for a positive entry, the number
+  # of negatives <= d_ap (its successor's sorted position: integer keys, so
+  # "<= k" is "< k + 1"); for a negative entry, the number of negatives
+  # < d_an (the first position of its tie group, which the backward needs).
+  queries = jnp.where(is_negative, keys, _order_keys(positive_distances) + 1)
+  found = _row_searchsorted(sorted_keys, queries, side="left")
   largest = jnp.take_along_axis(sorted_values, jnp.maximum(num_negatives - 1, 0), axis=1)
   # Start of the largest value's tie group, so ties are handled alike.
   largest_start = _row_searchsorted(sorted_keys, _order_keys(largest), side="left")
-  position = jnp.where(successor < num_negatives, successor, largest_start)
+  position = jnp.where(found < num_negatives, found, largest_start)
   position = jnp.clip(position, 0, sorted_keys.shape[1] - 1)
   selected = jnp.take_along_axis(sorted_values, position, axis=1)
-  return selected, (sorted_keys, keys, position)
+  return selected, (sorted_keys, is_negative, found, position)
 
 
 def _semi_hard_fwd(negative_distances, positive_distances):
@@ -331,7 +336,7 @@ def _semi_hard_fwd(negative_distances, positive_distances):
 
 
 def _semi_hard_bwd(residuals, cotangent):
-  (sorted_keys, keys, position), positive_distances = residuals
+  (sorted_keys, is_negative, group_start, position), positive_distances = residuals
   rows, length = sorted_keys.shape
   # Cotangents collected per sorted position (selections always point at the
   # first position of a tie group) ...
@@ -344,10 +349,8 @@ def _semi_hard_bwd(residuals, cotangent):
   group_end = jax.lax.cummin(jnp.where(is_last, index + 1, length), axis=1, reverse=True)
   per_position = per_position / (group_end - index).astype(cotangent.dtype)
   # Each negative reads the entry of its tie group's first position.
-  group_start = _row_searchsorted(sorted_keys, keys, side="left")
   grad = jnp.take_along_axis(per_position, jnp.minimum(group_start, length - 1), axis=1)
-  finite = keys < _order_keys(jnp.asarray(jnp.inf, cotangent.dtype))
-  return jnp.where(finite, grad, 0), jnp.zeros_like(positive_distances)
+  return jnp.where(is_negative, grad, 0), jnp.zeros_like(positive_distances)
 
 
 _semi_hard_negative.defvjp(_semi_hard_fwd, _semi_hard_bwd)
