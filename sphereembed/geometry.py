@@ -18,7 +18,10 @@ import jax.numpy as jnp
 Metric = Literal["euclidean", "squared_euclidean", "cosine", "great_circle"]
 METRICS: tuple[str, ...] = ("euclidean", "squared_euclidean", "cosine", "great_circle")
 
-__all__ = ["METRICS", "Metric", "l2_normalize", "pairwise_distances", "safe_sqrt"]
+__all__ = [
+    "METRICS", "Metric", "l2_normalize", "paired_distances", "pairwise_distances", "safe_sqrt",
+    "self_gram",
+]
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:
@@ -65,12 +68,36 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return (x / norm).astype(dtype)
 
 
-def _gram_parts(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  # The Gram form needs O(N*M) memory instead of the O(N*M*D) of differences.
+def _matmul_transposed(x: jax.Array, y: jax.Array) -> jax.Array:
   # HIGHEST precision keeps GPUs/TPUs from rounding the dot products to bf16/tf32.
+  return jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.custom_jvp
+def self_gram(x: jax.Array) -> jax.Array:
+  """``x @ x.T`` whose reverse-mode derivative costs one matmul instead of two.
+
+  The tangent is written as ``t + t.T`` with ``t = dx @ x.T``, so its
+  transpose is ``(g + g.T) @ x``; autodiff of the plain product would compute
+  ``g @ x + g.T @ x``. Forward mode works as usual.
+  """
+  return _matmul_transposed(x, x)
+
+
+@self_gram.defjvp
+def _self_gram_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  half = _matmul_transposed(dx, x)
+  return self_gram(x), half + half.T
+
+
+def _gram_parts(x: jax.Array, y: jax.Array, same: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+  # The Gram form needs O(N*M) memory instead of the O(N*M*D) of differences.
   xx = jnp.sum(jnp.square(x), axis=-1)[:, None]
+  if same:
+    return xx, xx.T, self_gram(x)
   yy = jnp.sum(jnp.square(y), axis=-1)[None, :]
-  return xx, yy, jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+  return xx, yy, _matmul_transposed(x, y)
 
 
 def _clamp_squared(squared: jax.Array, zero_diagonal: bool) -> jax.Array:
@@ -154,13 +181,13 @@ def pairwise_distances(
     raise ValueError(f"pairwise_distances expects floating inputs, got {x.dtype} and {y.dtype}.")
 
   if metric == "cosine":
-    similarity = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+    similarity = self_gram(x) if same else _matmul_transposed(x, y)
     distance = 1.0 - similarity
     if same:
       distance = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, distance)
     return jnp.where(distance > 0, distance, 0.0)
 
-  xx, yy, xy = _gram_parts(x, y)
+  xx, yy, xy = _gram_parts(x, y, same)
   squared = _clamp_squared(xx + yy - 2.0 * xy, zero_diagonal=same)
   if metric == "squared_euclidean":
     return squared
@@ -175,3 +202,45 @@ def pairwise_distances(
   supplementary = safe_sqrt(_clamp_squared(xx + yy + 2.0 * xy, zero_diagonal=False))
   acute = chord <= supplementary
   return jnp.where(acute, _half_angle(chord), jnp.pi - _half_angle(supplementary))
+
+
+def paired_distances(x: jax.Array, y: jax.Array, metric: Metric = "euclidean") -> jax.Array:
+  """Distances between matching rows, ``d(x_i, y_i)``, from explicit differences.
+
+  The same metrics and conventions as :func:`pairwise_distances` (including
+  the supplementary chord for obtuse great-circle angles and the zero
+  subgradient at distance 0), but O(N D) work and memory and no Gram-form
+  cancellation: accurate down to the smallest distances.
+
+  Args:
+    x: array of shape ``(N, D)`` (or any ``(..., D)``).
+    y: array of the shape of ``x``.
+    metric: one of ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"``,
+      ``"great_circle"``.
+
+  Returns:
+    An array of shape ``x.shape[:-1]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sphereembed.geometry import paired_distances
+    >>> u = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> paired_distances(u, -u, metric="great_circle").round(4).tolist()
+    [3.1416, 3.1416]
+  """
+  if metric not in METRICS:
+    raise ValueError(f"Unknown metric {metric!r}; expected one of {METRICS}.")
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  if x.shape != y.shape or x.ndim < 1:
+    raise ValueError(f"paired_distances expects two arrays of the same shape, got {x.shape} and {y.shape}.")
+  if metric == "cosine":
+    distance = 1.0 - jnp.sum(x * y, axis=-1)
+    return jnp.where(distance > 0, distance, 0.0)
+  squared = jnp.sum(jnp.square(x - y), axis=-1)
+  if metric == "squared_euclidean":
+    return squared
+  chord = safe_sqrt(squared)
+  if metric == "euclidean":
+    return chord
+  supplementary = safe_sqrt(jnp.sum(jnp.square(x + y), axis=-1))
+  return jnp.where(chord <= supplementary, _half_angle(chord), jnp.pi - _half_angle(supplementary))

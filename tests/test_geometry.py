@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sphereembed.geometry import METRICS, l2_normalize, pairwise_distances
+from sphereembed.geometry import METRICS, l2_normalize, paired_distances, pairwise_distances, self_gram
 
 DTYPES = (np.float32, np.float64)
 # Eager execution compiles every op separately for each new shape, which is slow on
@@ -428,3 +428,60 @@ def test_l2_normalize_gradient_matches_finite_differences():
   chex.assert_trees_all_close(l2_normalize(jnp.asarray(x)), normalize(jnp.asarray(x)), rtol=1e-14)
   chex.assert_trees_all_close(jax.jit(jax.vmap(l2_normalize))(jnp.asarray(x)),
                               normalize(jnp.asarray(x)), rtol=1e-14)
+
+
+# ----------------------------------------------------------------------------
+# paired_distances and self_gram.
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_paired_distances_equal_the_diagonal_of_pairwise(metric):
+  rng = np.random.default_rng([21, METRICS.index(metric)])
+  x = random_points(rng, 12, 5, metric, np.float64)
+  y = random_points(rng, 12, 5, metric, np.float64)
+  want = np.diag(np.asarray(pairwise_distances(jnp.asarray(x), jnp.asarray(y), metric=metric)))
+  got = np.asarray(jax.jit(paired_distances, static_argnames="metric")(x, y, metric=metric))
+  chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
+  chex.assert_trees_all_close(got, np.array([ref_distance(a, b, metric) for a, b in zip(x, y)]),
+                              rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "great_circle"])
+def test_paired_distances_resolve_small_distances_in_float32(metric):
+  """Explicit differences have no Gram-form noise floor: 1e-4 rad to 1e-3 relative."""
+  rng = np.random.default_rng(22)
+  x = random_points(rng, 16, 8, "cosine", np.float64)
+  t = rng.normal(size=x.shape)
+  t -= np.sum(t * x, axis=1, keepdims=True) * x
+  t /= np.linalg.norm(t, axis=1, keepdims=True)
+  theta = 1e-4
+  y = np.cos(theta) * x + np.sin(theta) * t
+  got = np.asarray(paired_distances(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
+                                    metric=metric))
+  want = np.array([ref_distance(a, b, metric) for a, b in zip(x.astype(np.float32), y.astype(np.float32))])
+  chex.assert_trees_all_close(got, want, rtol=1e-3)
+
+
+def test_paired_distances_gradient_is_finite_at_identical_and_antipodal_points():
+  u = np.asarray(normalize(jnp.asarray(np.random.default_rng(23).normal(size=(6, 4)))))
+  for metric in METRICS:
+    for other in (u, -u):
+      g = jax.grad(lambda a: jnp.sum(paired_distances(a, jnp.asarray(other), metric=metric)))(
+          jnp.asarray(u))
+      assert np.all(np.isfinite(np.asarray(g))), metric
+
+
+def test_self_gram_matches_the_plain_product_in_both_modes():
+  rng = np.random.default_rng(24)
+  x = jnp.asarray(rng.normal(size=(7, 3)))
+  dx = jnp.asarray(rng.normal(size=(7, 3)))
+  cotangent = jnp.asarray(rng.normal(size=(7, 7)))
+
+  def plain(a):
+    return a @ a.T
+
+  chex.assert_trees_all_close(self_gram(x), plain(x), rtol=1e-12)
+  chex.assert_trees_all_close(jax.jvp(self_gram, (x,), (dx,))[1], jax.jvp(plain, (x,), (dx,))[1],
+                              rtol=1e-12)
+  chex.assert_trees_all_close(jax.vjp(self_gram, x)[1](cotangent), jax.vjp(plain, x)[1](cotangent),
+                              rtol=1e-12)

@@ -112,15 +112,18 @@ def contrastive(
   else:
     distances = geometry.pairwise_distances(embeddings, metric=metric)
     squared = jnp.square(distances)
-  positives, negatives = _common.pair_masks(labels)
-  upper = jnp.triu(jnp.ones((batch_size, batch_size), dtype=bool), k=1)
-  positives, negatives = positives & upper, negatives & upper
-
-  pair_loss = 0.5 * jnp.where(positives, squared, jnp.square(jax.nn.relu(margin - distances)))
+  same = _common.positive_mask(labels)
+  off_diagonal = ~jnp.eye(batch_size, dtype=bool)
+  pair_loss = 0.5 * jnp.where(same, squared, jnp.square(jax.nn.relu(margin - distances)))
+  # Pair losses and pair weights are symmetric, so the mean over i < j equals
+  # the mean over all i != j, which needs no triangular mask.
   pair_weights = None if weights is None else weights[:, None] * weights[None, :]
-  loss = _common.weighted_mean(pair_loss, upper, pair_weights)
+  loss = _common.weighted_mean(pair_loss, off_diagonal, pair_weights)
   if return_stats:
-    return loss, _common.active_stats(jnp.sum(negatives & (distances < margin)), jnp.sum(negatives), dtype)
+    negatives = ~same & off_diagonal
+    # Each unordered pair appears twice in the symmetric masks.
+    return loss, _common.active_stats(
+        jnp.sum(negatives & (distances < margin)) // 2, jnp.sum(negatives) // 2, dtype)
   return loss
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sphereembed import geometry
 from sphereembed.losses import _common
 
 __all__ = ["ntxent"]
@@ -102,7 +103,7 @@ def ntxent(
   if _common.is_concrete(temperature) and not float(temperature) > 0:
     raise ValueError(f"temperature must be positive, got {float(temperature)}.")
 
-  similarities = jnp.matmul(embeddings, embeddings.T, precision=jax.lax.Precision.HIGHEST)
+  similarities = geometry.self_gram(embeddings)
   logits = similarities / temperature
   others = ~jnp.eye(batch_size, dtype=bool)
   positives, _ = _common.pair_masks(labels)

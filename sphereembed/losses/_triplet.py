@@ -232,6 +232,18 @@ def triplet_batch_all(
 # Batch-hard.
 
 
+def _first_extreme(values: jax.Array, reduce) -> tuple[jax.Array, jax.Array]:
+  """Per row, the extreme value (``reduce`` is max or min) and its first column.
+
+  Two single-operand reductions: on CPU several times faster than
+  ``jnp.argmax``'s (value, index) reduction.
+  """
+  extreme = reduce(values, axis=1, keepdims=True)
+  column = jax.lax.broadcasted_iota(jnp.int32, values.shape, 1)
+  first = jnp.min(jnp.where(values == extreme, column, values.shape[1] - 1), axis=1)
+  return extreme[:, 0], first
+
+
 def triplet_batch_hard(
     embeddings: jax.Array,
     labels: jax.Array,
@@ -281,14 +293,21 @@ def triplet_batch_hard(
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin)
   dtype = embeddings.dtype
-  distances, positives, negatives = _distances_and_masks(embeddings, labels, metric)
-  has_positive = jnp.any(positives, axis=1)
-  has_negative = jnp.any(negatives, axis=1)
-  valid = has_positive & has_negative
-  # Masked entries never win the max/min, so their gradient is exactly zero.
-  hardest_positive = jnp.max(jnp.where(positives, distances, -jnp.inf), axis=1)
-  hardest_negative = jnp.min(jnp.where(negatives, distances, jnp.inf), axis=1)
-  x = jnp.where(valid, hardest_positive - hardest_negative + margin, 0)
+  # Mining needs the B x B distances, but only their ordering: select without
+  # gradients, then recompute the 2B chosen distances from explicit
+  # differences. The backward pass is O(B D) instead of O(B^2).
+  # Euclidean distances are ranked by their squares (no square roots needed).
+  ranking_metric = "squared_euclidean" if metric == "euclidean" else metric
+  distances, positives, negatives = _distances_and_masks(
+      jax.lax.stop_gradient(embeddings), labels, ranking_metric)
+  farthest_positive, hardest_positive = _first_extreme(
+      jnp.where(positives, distances, -jnp.inf), jnp.max)
+  nearest_negative, hardest_negative = _first_extreme(
+      jnp.where(negatives, distances, jnp.inf), jnp.min)
+  valid = (farthest_positive > -jnp.inf) & (nearest_negative < jnp.inf)
+  d_ap = geometry.paired_distances(embeddings, embeddings[hardest_positive], metric)
+  d_an = geometry.paired_distances(embeddings, embeddings[hardest_negative], metric)
+  x = jnp.where(valid, d_ap - d_an + margin, 0)
   loss = _common.weighted_mean(_hinge(x, soft_margin), valid, weights)
   if return_stats:
     return loss, _common.active_stats(jnp.sum(valid & (x > 0)), jnp.sum(valid), dtype)
