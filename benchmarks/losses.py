@@ -240,16 +240,22 @@ def pml_memory_estimate_bytes(loss: str, batch_size: int, num_classes: int):
   return None
 
 
-def timed_repeats(step, repeats: int, max_seconds: float, min_repeats: int = 3):
-  """Times `step()` up to `repeats` times (at least min(min_repeats, repeats)),
-  stopping early once `max_seconds` have been spent. Returns seconds per call."""
+def timed_repeats(step, repeats: int, max_seconds: float, min_repeats: int = 3,
+                  min_seconds: float = 1.0, max_repeats: int = 2000):
+  """Times `step()` at least `repeats` times and for at least `min_seconds`
+  (millisecond-scale steps then get hundreds of samples and a stable median),
+  at most `max_repeats` times; stops early once `max_seconds` have been spent
+  (after at least min(min_repeats, repeats) calls). Returns seconds per call."""
   times = []
   start = time.perf_counter()
-  for i in range(repeats):
+  while len(times) < max_repeats:
     t0 = time.perf_counter()
     step()
     times.append(time.perf_counter() - t0)
-    if i + 1 >= min(min_repeats, repeats) and time.perf_counter() - start > max_seconds:
+    elapsed = time.perf_counter() - start
+    if len(times) >= min(min_repeats, repeats) and elapsed > max_seconds:
+      break
+    if len(times) >= repeats and elapsed >= min_seconds:
       break
   return times
 
@@ -714,8 +720,8 @@ def write_results(path, rows, info, args, command, started, finished, skipped, n
       f"Settings: P = {args.num_classes} classes (labels `arange(B) % P`), seed {args.seed}, "
       f"float32 unit-normalised standard-normal embeddings (NumPy), triplet margin "
       f"{TRIPLET_MARGIN}, contrastive margin {CONTRASTIVE_MARGIN}, NT-Xent temperature "
-      f"{TEMPERATURE}, euclidean distance; median of up to {args.repeats} forward+backward "
-      f"calls (fewer once {args.max_seconds:g} s are spent, at least 3) after one warm-up "
+      f"{TEMPERATURE}, euclidean distance; median of at least {args.repeats} forward+backward "
+      f"calls and at least 1 s of them (fewer once {args.max_seconds:g} s are spent, at least 3) after one warm-up "
       f"call; each measurement in its own subprocess with a {args.timeout:g} s timeout and a "
       f"{args.memory_cap_gb:g} GiB memory cap.",
       "",

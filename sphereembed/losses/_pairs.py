@@ -27,6 +27,47 @@ __all__ = ["contrastive", "siamese_cosine_bce", "siamese_l1_bce"]
 # Contrastive loss over a labelled batch.
 
 
+def _contrastive_terms(squared, distances, same, margin):
+  """Per-pair loss: ``0.5 d^2`` for positives, ``0.5 relu(margin - d)^2`` otherwise."""
+  return 0.5 * jnp.where(same, squared, jnp.square(jax.nn.relu(margin - distances)))
+
+
+@jax.custom_jvp
+def _euclidean_contrastive_sum(embeddings, pair_weights, same, margin):
+  """``sum_ij pair_weights_ij * term(d_ij)`` for euclidean distances.
+
+  ``pair_weights`` must be symmetric with a zero diagonal. The hand-written
+  derivative needs one B x B pass and one matmul (``g = 4 (r x - W x)`` with
+  ``W_ij = w_ij dterm/d(d^2)`` and ``r`` its row sums), where autodiff of the
+  Gram form takes about ten passes and two matmuls; forward mode and
+  higher derivatives work as usual.
+  """
+  squared = geometry.pairwise_distances(embeddings, metric="squared_euclidean")
+  return jnp.sum(pair_weights * _contrastive_terms(squared, geometry.safe_sqrt(squared), same, margin))
+
+
+@_euclidean_contrastive_sum.defjvp
+def _euclidean_contrastive_sum_jvp(primals, tangents):
+  embeddings, pair_weights, same, margin = primals
+  d_embeddings, d_pair_weights, _, d_margin = tangents
+  squared = geometry.pairwise_distances(embeddings, metric="squared_euclidean")
+  distances = geometry.safe_sqrt(squared)
+  terms = _contrastive_terms(squared, distances, same, margin)
+  gap = jax.nn.relu(margin - distances)
+  # d term / d(d^2): 1/2 for positives; -(margin - d) / (2 d) for negatives
+  # inside the margin (the zero subgradient at d = 0 and where d^2 clamps).
+  pulled = (gap > 0) & (squared > 0)
+  slope = jnp.where(same, 0.5, jnp.where(pulled, -0.5 * gap / jnp.where(pulled, distances, 1), 0))
+  slope = jnp.where(squared > 0, slope, 0)
+  w = pair_weights * slope
+  # d(d_ij^2) = 2 (x_i - x_j).(dx_i - dx_j); summed against a symmetric w.
+  gradient = 4.0 * (jnp.sum(w, axis=1, keepdims=True) * embeddings
+                    - jnp.matmul(w, embeddings, precision=jax.lax.Precision.HIGHEST))
+  tangent = (jnp.sum(d_embeddings * gradient) + jnp.sum(d_pair_weights * terms)
+             + d_margin * jnp.sum(pair_weights * jnp.where(same, 0, gap)))
+  return jnp.sum(pair_weights * terms), tangent
+
+
 def contrastive(
     embeddings: jax.Array,
     labels: jax.Array,
@@ -106,19 +147,22 @@ def contrastive(
     raise ValueError(f"Unknown metric {metric!r}; expected one of {geometry.METRICS}.")
   _common.validate_if_concrete(embeddings, labels, weights)
 
-  if metric == "euclidean":
-    squared = geometry.pairwise_distances(embeddings, metric="squared_euclidean")
-    distances = geometry.safe_sqrt(squared)
-  else:
-    distances = geometry.pairwise_distances(embeddings, metric=metric)
-    squared = jnp.square(distances)
   same = _common.positive_mask(labels)
   off_diagonal = ~jnp.eye(batch_size, dtype=bool)
-  pair_loss = 0.5 * jnp.where(same, squared, jnp.square(jax.nn.relu(margin - distances)))
   # Pair losses and pair weights are symmetric, so the mean over i < j equals
   # the mean over all i != j, which needs no triangular mask.
-  pair_weights = None if weights is None else weights[:, None] * weights[None, :]
-  loss = _common.weighted_mean(pair_loss, off_diagonal, pair_weights)
+  pair_weights = off_diagonal.astype(dtype)
+  if weights is not None:
+    pair_weights = pair_weights * weights[:, None] * weights[None, :]
+  if metric == "euclidean":
+    total = _euclidean_contrastive_sum(embeddings, pair_weights, same, margin)
+  else:
+    distances = geometry.pairwise_distances(embeddings, metric=metric)
+    total = jnp.sum(pair_weights * _contrastive_terms(jnp.square(distances), distances, same, margin))
+  weight_sum = jnp.sum(pair_weights)
+  loss = jnp.where(weight_sum > 0, total / jnp.where(weight_sum > 0, weight_sum, 1), 0)
+  if return_stats:
+    distances = geometry.pairwise_distances(jax.lax.stop_gradient(embeddings), metric=metric)
   if return_stats:
     negatives = ~same & off_diagonal
     # Each unordered pair appears twice in the symmetric masks.

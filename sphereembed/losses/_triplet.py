@@ -166,6 +166,13 @@ def triplet_batch_all(
   sorts each anchor's negative distances and uses binary search and counts,
   so memory is O(B^2) and time O(B^2 log B); no B x B x B tensor is built.
 
+  Edge cases (the gradient is always finite): a batch with one class (no
+  negatives), only singleton classes (no positives) or one sample gives 0
+  with a zero gradient; duplicate embeddings are at distance 0 (zero
+  subgradient of the distance there); all-zero embeddings put all pairs of
+  distinct samples at one distance (0; 1 for ``"cosine"``), so each valid
+  triplet costs ``relu(margin)`` (``softplus(margin)`` with ``soft_margin``).
+
   Args:
     embeddings: ``(B, D)`` floating array, used as given (``"cosine"`` and
       ``"great_circle"`` expect unit vectors).
@@ -259,6 +266,13 @@ def triplet_batch_hard(
   For each anchor a with at least one positive and one negative:
   ``relu(max_p d(a, p) - min_n d(a, n) + margin)``; the mean over those
   anchors.
+
+  Edge cases (the gradient is always finite): a batch with one class (no
+  negatives), only singleton classes (no positives) or one sample gives 0
+  with a zero gradient; duplicate embeddings are at distance 0 (zero
+  subgradient of the distance there); all-zero embeddings put all pairs of
+  distinct samples at one distance (0; 1 for ``"cosine"``), so each valid
+  anchor costs ``relu(margin)`` (``softplus(margin)`` with ``soft_margin``).
 
   Args:
     embeddings: ``(B, D)`` floating array, used as given.
@@ -394,6 +408,13 @@ def triplet_semi_hard(
   Mining sorts each anchor's negatives once (O(B^2) memory). When several
   negatives tie exactly at the selected distance, the gradient is split evenly
   between them.
+
+  Edge cases (the gradient is always finite): a batch with one class (no
+  negatives), only singleton classes (no positives) or one sample gives 0
+  with a zero gradient; duplicate embeddings are at distance 0 (zero
+  subgradient of the distance there); all-zero embeddings put all pairs of
+  distinct samples at one distance (0; 1 for ``"cosine"``), so each valid
+  positive pair costs ``relu(margin)`` (``softplus(margin)`` with ``soft_margin``).
 
   Args:
     embeddings: ``(B, D)`` floating array, used as given.
