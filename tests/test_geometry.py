@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from sphereembed.geometry import METRICS, l2_normalize, paired_distances, pairwise_distances, self_gram
+from tests.references import numeric_grad, ref_distance
 
 DTYPES = (np.float32, np.float64)
 # Eager execution compiles every op separately for each new shape, which is slow on
@@ -26,23 +27,6 @@ normalize = jax.jit(l2_normalize, static_argnames=("axis", "eps"))
 # Distances: float32 ~1e-6 absolute error on inputs of norm ~1; float64 ~1e-9 relative.
 TOL = {np.float32: dict(rtol=1e-5, atol=2e-6), np.float64: dict(rtol=1e-9, atol=1e-12)}
 ids = lambda v: getattr(v, "__name__", str(v))  # noqa: E731
-
-
-def ref_distance(u, v, metric: str) -> float:
-  u = np.asarray(u, np.float64)
-  v = np.asarray(v, np.float64)
-  squared = 0.0
-  for k in range(u.shape[0]):
-    squared += (u[k] - v[k]) ** 2
-  if metric == "squared_euclidean":
-    return squared
-  if metric == "euclidean":
-    return math.sqrt(squared)
-  if metric == "cosine":
-    return 1.0 - sum(u[k] * v[k] for k in range(u.shape[0]))
-  if metric == "great_circle":
-    return 2.0 * math.asin(min(math.sqrt(squared) / 2.0, 1.0))
-  raise AssertionError(metric)
 
 
 def ref_pairwise(x, y, metric: str) -> np.ndarray:
@@ -60,16 +44,6 @@ def random_points(rng, n, dim, metric, dtype):
   else:
     x *= 0.4
   return x.astype(dtype)
-
-
-def numeric_grad(f, x, eps=1e-6):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    e = np.zeros_like(x)
-    e[idx] = eps
-    g[idx] = (f(x + e) - f(x - e)) / (2 * eps)
-  return g
 
 
 def orthonormal_pair(rng, dim):

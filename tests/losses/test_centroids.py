@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sphereembed.losses import ncl
+from tests.references import numeric_grad
 
 TOLERANCES = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 METRICS = ("cosine", "euclidean", "great_circle", "squared_euclidean")
@@ -60,16 +61,6 @@ def _ncl_reference(x, labels, centroids, metric="great_circle", negative_weight=
     total += weights[i] * (own - negative_weight * negative)
     norm += weights[i]
   return total / norm if norm > 0 else 0.0
-
-
-def _numerical_grad(f, x, eps=1e-6):
-  x = np.asarray(x, np.float64)
-  grad = np.zeros_like(x)
-  for index in np.ndindex(*x.shape):
-    step = np.zeros_like(x)
-    step[index] = eps
-    grad[index] = (float(f(x + step)) - float(f(x - step))) / (2 * eps)
-  return grad
 
 
 # ----------------------------------------------------------------------------
@@ -163,7 +154,7 @@ def test_gradient_matches_finite_differences(metric):
     others = sorted(_distance(x[i], centroids[k], metric) for k in range(4) if k != labels[i])
     assert others[1] - others[0] > 1e-3
   kwargs = dict(metric=metric, negative_weight=0.7, weights=weights)
-  numerical = _numerical_grad(lambda e: _ncl(e, labels, centroids, **kwargs), x)
+  numerical = numeric_grad(lambda e: _ncl(e, labels, centroids, **kwargs), x)
   g_x, g_c = _ncl_grads(x, labels, centroids, **kwargs)
   chex.assert_trees_all_close(g_x, numerical, rtol=1e-6, atol=1e-8)
   assert np.abs(numerical).max() > 1e-2

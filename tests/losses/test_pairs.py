@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from sphereembed.losses import contrastive, siamese_cosine_bce, siamese_l1_bce
+from tests.references import numeric_grad
+
 
 def _jit(fn, **kwargs):
   """``jax.jit`` with LLVM optimisation level 0 for the test programs.
@@ -129,17 +131,6 @@ def _cosine_reference(x1, x2, same, scale, bias, weights=None):
   return total / norm if norm > 0 else 0.0
 
 
-def _numerical_grad(f, x, eps=1e-6):
-  """Central differences of ``f`` (a cheap call to an already jitted function)."""
-  x = np.asarray(x, np.float64)
-  grad = np.zeros_like(x)
-  for index in np.ndindex(*x.shape):
-    step = np.zeros_like(x)
-    step[index] = eps
-    grad[index] = (float(f(x + step)) - float(f(x - step))) / (2 * eps)
-  return grad
-
-
 def _assert_finite(*arrays):
   for a in arrays:
     assert np.all(np.isfinite(np.asarray(a))), a
@@ -245,7 +236,7 @@ def test_contrastive_gradient_matches_finite_differences(metric):
   margin = _smooth_margin(negatives)
   assert any(d < margin for d in negatives)  # some hinge terms are active
   kwargs = dict(margin=margin, metric=metric, weights=weights)
-  numerical = _numerical_grad(lambda e: _contrastive(e, labels, **kwargs), x)
+  numerical = numeric_grad(lambda e: _contrastive(e, labels, **kwargs), x)
   chex.assert_trees_all_close(_contrastive_grad(x, labels, **kwargs), numerical,
                               rtol=1e-6, atol=1e-8)
   assert np.abs(numerical).max() > 1e-3
@@ -478,7 +469,7 @@ def test_siamese_l1_gradient_matches_finite_differences():
   for g, k in zip(grads, (0, 1, 3, 4)):
     def partial_f(v, k=k):
       return _l1(*[v if i == k else a for i, a in enumerate(args)], weights=weights)
-    numerical = _numerical_grad(partial_f, args[k])
+    numerical = numeric_grad(partial_f, args[k])
     chex.assert_trees_all_close(g, numerical, rtol=1e-6, atol=1e-9)
     assert np.abs(numerical).max() > 1e-4
 
@@ -492,7 +483,7 @@ def test_siamese_cosine_gradient_matches_finite_differences():
   for g, k in zip(grads, (0, 1, 3, 4)):
     def partial_f(v, k=k):
       return _cosine(*[v if i == k else a for i, a in enumerate(args)], weights)
-    numerical = _numerical_grad(partial_f, args[k])
+    numerical = numeric_grad(partial_f, args[k])
     chex.assert_trees_all_close(g, numerical, rtol=1e-6, atol=1e-9)
     assert np.abs(numerical).max() > 1e-4
 

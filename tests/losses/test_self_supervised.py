@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sphereembed.losses import ntxent
+from tests.references import numeric_grad
 
 TOLERANCES = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -68,16 +69,6 @@ def _ntxent_reference(x, labels, temperature, weights=None):
     total += weights[i] * loss
     norm += weights[i]
   return total / norm if norm > 0 else 0.0
-
-
-def _numerical_grad(f, x, eps=1e-6):
-  x = np.asarray(x, np.float64)
-  grad = np.zeros_like(x)
-  for index in np.ndindex(*x.shape):
-    step = np.zeros_like(x)
-    step[index] = eps
-    grad[index] = (float(f(x + step)) - float(f(x - step))) / (2 * eps)
-  return grad
 
 
 # ----------------------------------------------------------------------------
@@ -176,8 +167,8 @@ def test_gradient_matches_finite_differences(form):
   weights = np.array([1.0, 2.0, 0.5, 1.5, 1.0, 0.0])
   temperature = np.float64(0.3)
   g_x, g_t = _ntxent_grads(x, labels, temperature, weights)
-  numerical_x = _numerical_grad(lambda e: _ntxent(e, labels, temperature, weights), x)
-  numerical_t = _numerical_grad(lambda t: _ntxent(x, labels, t, weights), temperature)
+  numerical_x = numeric_grad(lambda e: _ntxent(e, labels, temperature, weights), x)
+  numerical_t = numeric_grad(lambda t: _ntxent(x, labels, t, weights), temperature)
   chex.assert_trees_all_close(g_x, numerical_x, rtol=1e-6, atol=1e-8)
   chex.assert_trees_all_close(g_t, numerical_t, rtol=1e-6, atol=1e-8)
   assert np.abs(numerical_x).max() > 1e-2 and abs(numerical_t) > 1e-3

@@ -13,7 +13,6 @@ the comparison with the float64 reference meaningless rather than wrong.
 from __future__ import annotations
 
 import functools
-import math
 
 import chex
 import jax
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 
 from sphereembed.losses import triplet_batch_all, triplet_batch_hard, triplet_semi_hard
+from tests.references import numeric_grad, ref_distance
 
 METRICS = ("euclidean", "squared_euclidean", "cosine", "great_circle")
 LOSSES = {
@@ -39,26 +39,6 @@ GAP = 1e-5  # float32 cases keep every decision at least this far from a tie.
 
 # ----------------------------------------------------------------------------
 # Brute-force references (float64, explicit loops).
-
-
-def ref_distance(u: np.ndarray, v: np.ndarray, metric: str) -> float:
-  u = np.asarray(u, np.float64)
-  v = np.asarray(v, np.float64)
-  squared = 0.0
-  for k in range(u.shape[0]):
-    squared += (u[k] - v[k]) ** 2
-  if metric == "squared_euclidean":
-    return squared
-  if metric == "euclidean":
-    return math.sqrt(squared)
-  if metric == "cosine":
-    dot = 0.0
-    for k in range(u.shape[0]):
-      dot += u[k] * v[k]
-    return 1.0 - dot
-  if metric == "great_circle":
-    return 2.0 * math.asin(min(math.sqrt(squared) / 2.0, 1.0))
-  raise AssertionError(metric)
 
 
 def ref_pairwise(x: np.ndarray, metric: str) -> np.ndarray:
@@ -482,16 +462,6 @@ def test_semi_hard_negative_at_exactly_the_positive_distance_is_not_harder():
 
 # ----------------------------------------------------------------------------
 # Gradients against central finite differences of the reference.
-
-
-def numeric_grad(f, x, eps=1e-6):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    e = np.zeros_like(x)
-    e[idx] = eps
-    g[idx] = (float(f(x + e)) - float(f(x - e))) / (2 * eps)
-  return g
 
 
 def reference_loss_of(loss_name, labels, metric, margin, reduction, soft, weights):

@@ -1,0 +1,37 @@
+"""Shared brute-force references for the tests: float64, explicit loops, no library code."""
+
+import math
+
+import numpy as np
+
+
+def ref_distance(u, v, metric: str) -> float:
+  """One distance of `sphereembed.geometry`'s metrics, by the textbook formula."""
+  u = np.asarray(u, np.float64)
+  v = np.asarray(v, np.float64)
+  squared = 0.0
+  for k in range(u.shape[0]):
+    squared += (u[k] - v[k]) ** 2
+  if metric == "squared_euclidean":
+    return squared
+  if metric == "euclidean":
+    return math.sqrt(squared)
+  if metric == "cosine":
+    dot = 0.0
+    for k in range(u.shape[0]):
+      dot += u[k] * v[k]
+    return 1.0 - dot
+  if metric == "great_circle":
+    return 2.0 * math.asin(min(math.sqrt(squared) / 2.0, 1.0))
+  raise AssertionError(metric)
+
+
+def numeric_grad(f, x, eps=1e-6):
+  """Central finite differences of the scalar function `f` at `x` (float64)."""
+  x = np.asarray(x, np.float64)
+  grad = np.zeros_like(x)
+  for index in np.ndindex(*x.shape):
+    step = np.zeros_like(x)
+    step[index] = eps
+    grad[index] = (float(f(x + step)) - float(f(x - step))) / (2 * eps)
+  return grad
