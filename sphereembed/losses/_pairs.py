@@ -32,38 +32,74 @@ def _contrastive_terms(squared, distances, same, margin):
   return 0.5 * jnp.where(same, squared, jnp.square(jax.nn.relu(margin - distances)))
 
 
-@jax.custom_jvp
-def _euclidean_contrastive_sum(embeddings, pair_weights, same, margin):
-  """``sum_ij pair_weights_ij * term(d_ij)`` for euclidean distances.
+def _pair_weights(sample_weights):
+  """``w_i w_j`` off the diagonal, 0 on it."""
+  off_diagonal = 1 - jnp.eye(sample_weights.shape[0], dtype=sample_weights.dtype)
+  return sample_weights[:, None] * sample_weights[None, :] * off_diagonal
 
-  ``pair_weights`` must be symmetric with a zero diagonal. The hand-written
-  derivative needs one B x B pass and one matmul (``g = 4 (r x - W x)`` with
-  ``W_ij = w_ij dterm/d(d^2)`` and ``r`` its row sums), where autodiff of the
-  Gram form takes about ten passes and two matmuls; forward mode and
-  higher derivatives work as usual.
+
+@jax.custom_jvp
+def _euclidean_contrastive_sum(embeddings, sample_weights, labels, margin):
+  """``sum_{i != j} w_i w_j term(d_ij)`` for euclidean distances.
+
+  The derivative is written by hand as ``g = 4 (r x - W x)``, with
+  ``W_ij = w_i w_j dterm/d(d^2)`` and ``r`` its row sums. Positive pairs have
+  the constant slope 1/2, so for int labels their part of ``W x`` comes from
+  class sums in O(B D). Negative pairs contribute only inside the margin, and
+  their B x B x D matmul is skipped (``lax.cond``) when none is, the usual
+  case once classes are apart. Autodiff of the Gram form would take about ten
+  B x B passes and two matmuls. Forward mode and higher derivatives work as
+  usual.
   """
   squared = geometry.pairwise_distances(embeddings, metric="squared_euclidean")
-  return jnp.sum(pair_weights * _contrastive_terms(squared, geometry.safe_sqrt(squared), same, margin))
+  same = _common.positive_mask(labels)
+  terms = _contrastive_terms(squared, geometry.safe_sqrt(squared), same, margin)
+  return jnp.sum(_pair_weights(sample_weights) * terms)
 
 
 @_euclidean_contrastive_sum.defjvp
 def _euclidean_contrastive_sum_jvp(primals, tangents):
-  embeddings, pair_weights, same, margin = primals
-  d_embeddings, d_pair_weights, _, d_margin = tangents
+  embeddings, sample_weights, labels, margin = primals
+  d_embeddings, d_sample_weights, _, d_margin = tangents
+  batch_size = embeddings.shape[0]
   squared = geometry.pairwise_distances(embeddings, metric="squared_euclidean")
   distances = geometry.safe_sqrt(squared)
+  same = _common.positive_mask(labels)
+  pair_weights = _pair_weights(sample_weights)
   terms = _contrastive_terms(squared, distances, same, margin)
   gap = jax.nn.relu(margin - distances)
-  # d term / d(d^2): 1/2 for positives; -(margin - d) / (2 d) for negatives
-  # inside the margin (the zero subgradient at d = 0 and where d^2 clamps).
-  pulled = (gap > 0) & (squared > 0)
-  slope = jnp.where(same, 0.5, jnp.where(pulled, -0.5 * gap / jnp.where(pulled, distances, 1), 0))
-  slope = jnp.where(squared > 0, slope, 0)
-  w = pair_weights * slope
-  # d(d_ij^2) = 2 (x_i - x_j).(dx_i - dx_j); summed against a symmetric w.
-  gradient = 4.0 * (jnp.sum(w, axis=1, keepdims=True) * embeddings
-                    - jnp.matmul(w, embeddings, precision=jax.lax.Precision.HIGHEST))
-  tangent = (jnp.sum(d_embeddings * gradient) + jnp.sum(d_pair_weights * terms)
+  # d term / d(d^2) of a negative pair inside the margin: -(margin - d) / (2 d)
+  # (the zero subgradient at d = 0).
+  pulled = ~same & (gap > 0) & (squared > 0)
+  w_negative = pair_weights * jnp.where(pulled, -0.5 * gap / jnp.where(pulled, distances, 1), 0)
+
+  def matmul(w):
+    return jnp.matmul(w, embeddings, precision=jax.lax.Precision.HIGHEST)
+
+  # d(d_ij^2) = 2 (x_i - x_j).(dx_i - dx_j), so a symmetric W gives the
+  # gradient 4 (rowsum(W) x - W x); negative and positive pairs separately.
+  negative_product = jax.lax.cond(
+      jnp.any(pulled), matmul, lambda w: jnp.zeros_like(embeddings), w_negative)
+  gradient = 4.0 * (jnp.sum(w_negative, axis=1, keepdims=True) * embeddings - negative_product)
+  if labels.ndim == 1:
+    # sum_j w_j (x_i - x_j) over the class of i, from class sums indexed by
+    # each class's first sample (a segment id that needs no label range).
+    column = jax.lax.broadcasted_iota(jnp.int32, same.shape, 1)
+    first = jnp.min(jnp.where(same, column, batch_size), axis=1)
+    u = sample_weights
+
+    def class_sum(values):
+      return jax.ops.segment_sum(values, first, num_segments=batch_size)[first]
+
+    gradient = gradient + 2.0 * u[:, None] * (
+        class_sum(u)[:, None] * embeddings - class_sum(u[:, None] * embeddings))
+  else:
+    w_positive = pair_weights * jnp.where(same & (squared > 0), 0.5, 0)
+    gradient = gradient + 4.0 * (jnp.sum(w_positive, axis=1, keepdims=True) * embeddings
+                                 - matmul(w_positive))
+  # d(w_i w_j) = dw_i w_j + w_i dw_j, and the terms are symmetric.
+  row_terms = jnp.sum(terms * _pair_weights(jnp.ones_like(sample_weights)) * sample_weights, axis=1)
+  tangent = (jnp.sum(d_embeddings * gradient) + 2.0 * jnp.sum(d_sample_weights * row_terms)
              + d_margin * jnp.sum(pair_weights * jnp.where(same, 0, gap)))
   return jnp.sum(pair_weights * terms), tangent
 
@@ -148,14 +184,12 @@ def contrastive(
   _common.validate_if_concrete(embeddings, labels, weights)
 
   same = _common.positive_mask(labels)
-  off_diagonal = ~jnp.eye(batch_size, dtype=bool)
   # Pair losses and pair weights are symmetric, so the mean over i < j equals
   # the mean over all i != j, which needs no triangular mask.
-  pair_weights = off_diagonal.astype(dtype)
-  if weights is not None:
-    pair_weights = pair_weights * weights[:, None] * weights[None, :]
+  sample_weights = jnp.ones((batch_size,), dtype) if weights is None else weights
+  pair_weights = _pair_weights(sample_weights)
   if metric == "euclidean":
-    total = _euclidean_contrastive_sum(embeddings, pair_weights, same, margin)
+    total = _euclidean_contrastive_sum(embeddings, sample_weights, labels, margin)
   else:
     distances = geometry.pairwise_distances(embeddings, metric=metric)
     total = jnp.sum(pair_weights * _contrastive_terms(jnp.square(distances), distances, same, margin))
@@ -163,8 +197,7 @@ def contrastive(
   loss = jnp.where(weight_sum > 0, total / jnp.where(weight_sum > 0, weight_sum, 1), 0)
   if return_stats:
     distances = geometry.pairwise_distances(jax.lax.stop_gradient(embeddings), metric=metric)
-  if return_stats:
-    negatives = ~same & off_diagonal
+    negatives = ~same & ~jnp.eye(batch_size, dtype=bool)
     # Each unordered pair appears twice in the symmetric masks.
     return loss, _common.active_stats(
         jnp.sum(negatives & (distances < margin)) // 2, jnp.sum(negatives) // 2, dtype)

@@ -682,9 +682,11 @@ def test_siamese_value_errors(kind, override, match):
     fn(**args)
 
 
-def test_contrastive_hand_written_derivative_matches_autodiff_in_every_mode():
+@pytest.mark.parametrize("margin", [0.8, 0.01])
+def test_contrastive_hand_written_derivative_matches_autodiff_in_every_mode(margin):
   """The euclidean path's custom JVP equals plain autodiff of the same formula:
-  gradients in the embeddings, weights and margin, forward mode, and the Hessian."""
+  gradients in the embeddings, weights and margin, forward mode, and the Hessian;
+  with negatives inside the margin (dense branch) and with none (skipped branch)."""
   from sphereembed import geometry
   rng = np.random.default_rng(31)
   x = jnp.asarray(rng.normal(size=(7, 3)) * 0.4)
@@ -701,7 +703,7 @@ def test_contrastive_hand_written_derivative_matches_autodiff_in_every_mode():
   def ours(x, w, margin):
     return contrastive(x, labels, margin=margin, weights=w)
 
-  args = (x, w, jnp.asarray(0.8))
+  args = (x, w, jnp.asarray(margin))
   chex.assert_trees_all_close(ours(*args), plain(*args), rtol=1e-10)
   chex.assert_trees_all_close(jax.grad(ours, argnums=(0, 1, 2))(*args),
                               jax.grad(plain, argnums=(0, 1, 2))(*args), rtol=1e-8, atol=1e-12)
