@@ -1,6 +1,5 @@
 """Tests of the N-Centroids Loss against a brute-force loop over samples and centroids."""
 
-import math
 
 import chex
 import jax
@@ -8,44 +7,20 @@ import numpy as np
 import pytest
 
 from sphereembed.losses import ncl
-from tests.references import numeric_grad
+from tests.references import jit_fast_compile, numeric_grad, ref_angle_distance
 
 TOLERANCES = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 METRICS = ("cosine", "euclidean", "great_circle", "squared_euclidean")
 
-def _jit(fn, **kwargs):
-  """``jax.jit`` with LLVM optimisation level 0 for the test programs.
-
-  These tests compile about a hundred small programs and run each a few
-  times; level 0 halves the compile time. XLA's HLO passes still run and
-  fast-math is off either way, so the numerics do not change (the jit ==
-  eager tests compare with the default pipeline).
-  """
-  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
-
-
 # Value tests go through module-level jitted functions (one compilation per
 # input signature); eager calls are covered by the jit == eager and error tests.
-_ncl = _jit(ncl, static_argnames=("metric",))
-_ncl_grads = _jit(jax.grad(ncl, argnums=(0, 2)), static_argnames=("metric",))
+_ncl = jit_fast_compile(ncl, static_argnames=("metric",))
+_ncl_grads = jit_fast_compile(jax.grad(ncl, argnums=(0, 2)), static_argnames=("metric",))
 
 
 def _unit(rng, n, dim, dtype):
   x = rng.normal(size=(n, dim))
   return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)
-
-
-def _distance(x, y, metric):
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  squared = sum((a - b) ** 2 for a, b in zip(x, y))
-  if metric == "euclidean":
-    return math.sqrt(squared)
-  if metric == "squared_euclidean":
-    return squared
-  if metric == "cosine":
-    return max(0.0, 1.0 - sum(a * b for a, b in zip(x, y)))
-  plus = math.sqrt(sum((a + b) ** 2 for a, b in zip(x, y)))
-  return 2.0 * math.atan2(math.sqrt(squared), plus)  # the angle of unit vectors
 
 
 def _ncl_reference(x, labels, centroids, metric="great_circle", negative_weight=1.0,
@@ -55,8 +30,8 @@ def _ncl_reference(x, labels, centroids, metric="great_circle", negative_weight=
   total = norm = 0.0
   for i in range(n):
     y = int(labels[i])
-    own = _distance(x[i], centroids[y], metric)
-    others = [_distance(x[i], centroids[k], metric) for k in range(k_total) if k != y]
+    own = ref_angle_distance(x[i], centroids[y], metric)
+    others = [ref_angle_distance(x[i], centroids[k], metric) for k in range(k_total) if k != y]
     negative = min(others) + sum(others) / len(others) if others else 0.0
     total += weights[i] * (own - negative_weight * negative)
     norm += weights[i]
@@ -97,7 +72,7 @@ def test_negative_weight_zero_is_the_own_distance():
   rng = np.random.default_rng(4)
   x, centroids = _unit(rng, 12, 3, np.float64), _unit(rng, 4, 3, np.float64)
   labels = rng.integers(0, 4, 12).astype(np.int32)
-  own = np.mean([_distance(x[i], centroids[labels[i]], "great_circle") for i in range(12)])
+  own = np.mean([ref_angle_distance(x[i], centroids[labels[i]], "great_circle") for i in range(12)])
   chex.assert_trees_all_close(_ncl(x, labels, centroids, negative_weight=0.0), own, rtol=1e-10)
   # Linear in negative_weight: the loss at 1 is different.
   assert abs(float(_ncl(x, labels, centroids, negative_weight=1.0)) - own) > 0.1
@@ -107,7 +82,7 @@ def test_single_centroid_has_no_negative_term():
   rng = np.random.default_rng(5)
   x, centroid = _unit(rng, 12, 3, np.float64), _unit(rng, 1, 3, np.float64)
   labels = np.zeros(12, np.int32)
-  own = np.mean([_distance(x[i], centroid[0], "great_circle") for i in range(12)])
+  own = np.mean([ref_angle_distance(x[i], centroid[0], "great_circle") for i in range(12)])
   for negative_weight in (0.0, 1.0, 5.0):
     chex.assert_trees_all_close(_ncl(x, labels, centroid, negative_weight=negative_weight), own,
                                 rtol=1e-10)
@@ -131,7 +106,7 @@ def test_vmap_equals_loop():
   labels = rng.integers(0, 4, (3, 12)).astype(np.int32)
   centroids = _unit(rng, 4, 3, np.float64)
   negative_weights = np.array([0.0, 0.5, 1.0])
-  batched = _jit(jax.vmap(lambda e, l, w: ncl(e, l, centroids, negative_weight=w)))(
+  batched = jit_fast_compile(jax.vmap(lambda e, l, w: ncl(e, l, centroids, negative_weight=w)))(
       x, labels, negative_weights)
   looped = np.array([_ncl(x[v], labels[v], centroids, negative_weight=negative_weights[v])
                      for v in range(3)])
@@ -151,7 +126,7 @@ def test_gradient_matches_finite_differences(metric):
   weights = np.array([1.0, 0.5, 2.0, 1.0, 1.5])
   # Smooth point: every sample's nearest wrong centroid is unique.
   for i in range(5):
-    others = sorted(_distance(x[i], centroids[k], metric) for k in range(4) if k != labels[i])
+    others = sorted(ref_angle_distance(x[i], centroids[k], metric) for k in range(4) if k != labels[i])
     assert others[1] - others[0] > 1e-3
   kwargs = dict(metric=metric, negative_weight=0.7, weights=weights)
   numerical = numeric_grad(lambda e: _ncl(e, labels, centroids, **kwargs), x)
@@ -168,7 +143,7 @@ def test_gradient_in_negative_weight():
   f = lambda w: ncl(x, labels, centroids, negative_weight=w)
   value = lambda w: _ncl(x, labels, centroids, negative_weight=w)
   # d/dw = -mean(min + mean of the wrong distances) = f(1) - f(0).
-  chex.assert_trees_all_close(_jit(jax.grad(f))(0.3), value(1.0) - value(0.0), rtol=1e-10)
+  chex.assert_trees_all_close(jit_fast_compile(jax.grad(f))(0.3), value(1.0) - value(0.0), rtol=1e-10)
 
 
 def test_tied_nearest_centroids_split_the_gradient():

@@ -14,36 +14,25 @@ import numpy as np
 import pytest
 
 from sphereembed.losses import contrastive, siamese_cosine_bce, siamese_l1_bce
-from tests.references import numeric_grad
-
-
-def _jit(fn, **kwargs):
-  """``jax.jit`` with LLVM optimisation level 0 for the test programs.
-
-  These tests compile about a hundred small programs and run each a few
-  times; level 0 halves the compile time. XLA's HLO passes still run and
-  fast-math is off either way, so the numerics do not change (the jit ==
-  eager tests compare with the default pipeline).
-  """
-  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
+from tests.references import jit_fast_compile, numeric_grad, ref_angle_distance
 
 
 # Value tests go through module-level jitted functions: one compilation per
 # input signature (eager calls compile every primitive for every new shape,
 # which is ten times slower). Eager behaviour is covered by the jit == eager
 # tests and by the error tests.
-_contrastive = _jit(contrastive, static_argnames=("metric", "return_stats"))
-_contrastive_grad = _jit(jax.grad(contrastive), static_argnames=("metric",))
+_contrastive = jit_fast_compile(contrastive, static_argnames=("metric", "return_stats"))
+_contrastive_grad = jit_fast_compile(jax.grad(contrastive), static_argnames=("metric",))
 
 
 def _cosine_fn(a, b, same, scale, bias, weights=None):
   return siamese_cosine_bce(a, b, same, scale=scale, bias=bias, weights=weights)
 
 
-_l1 = _jit(siamese_l1_bce)
-_l1_grads = _jit(jax.grad(siamese_l1_bce, argnums=(0, 1, 3, 4)))
-_cosine = _jit(_cosine_fn)
-_cosine_grads = _jit(jax.grad(_cosine_fn, argnums=(0, 1, 3, 4)))
+_l1 = jit_fast_compile(siamese_l1_bce)
+_l1_grads = jit_fast_compile(jax.grad(siamese_l1_bce, argnums=(0, 1, 3, 4)))
+_cosine = jit_fast_compile(_cosine_fn)
+_cosine_grads = jit_fast_compile(jax.grad(_cosine_fn, argnums=(0, 1, 3, 4)))
 
 TOLERANCES = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 METRIC_MARGINS = {"euclidean": 2.5, "squared_euclidean": 6.0, "cosine": 0.9, "great_circle": 1.5}
@@ -74,27 +63,13 @@ def _is_positive(labels, i, j):
   return any(labels[i, c] > 0 and labels[j, c] > 0 for c in range(labels.shape[1]))
 
 
-def _distance(x, y, metric):
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  squared = sum((a - b) ** 2 for a, b in zip(x, y))
-  if metric == "euclidean":
-    return math.sqrt(squared)
-  if metric == "squared_euclidean":
-    return squared
-  if metric == "cosine":
-    return max(0.0, 1.0 - sum(a * b for a, b in zip(x, y)))
-  # Geodesic angle of (near) unit vectors by an independent formula.
-  plus = math.sqrt(sum((a + b) ** 2 for a, b in zip(x, y)))
-  return 2.0 * math.atan2(math.sqrt(squared), plus)
-
-
 def _contrastive_reference(x, labels, margin, metric, weights=None):
   n = len(x)
   weights = np.ones(n) if weights is None else np.asarray(weights, np.float64)
   total = norm = 0.0
   for i in range(n):
     for j in range(i + 1, n):
-      d = _distance(x[i], x[j], metric)
+      d = ref_angle_distance(x[i], x[j], metric)
       loss = 0.5 * d**2 if _is_positive(labels, i, j) else 0.5 * max(0.0, margin - d) ** 2
       total += weights[i] * weights[j] * loss
       norm += weights[i] * weights[j]
@@ -164,7 +139,7 @@ def test_contrastive_metrics_match_reference(dtype, metric):
   expected = _contrastive_reference(x, labels, margin, metric)
   chex.assert_trees_all_close(loss, np.asarray(expected, dtype), **TOLERANCES[dtype])
   # Both kinds of terms are present: neither a pure pull nor a pure push.
-  negatives = [_distance(x[i], x[j], metric) for i in range(12) for j in range(i)
+  negatives = [ref_angle_distance(x[i], x[j], metric) for i in range(12) for j in range(i)
                if labels[i] != labels[j]]
   assert any(d < margin for d in negatives) and any(labels[i] == labels[j]
                                                      for i in range(12) for j in range(i))
@@ -210,7 +185,7 @@ def test_contrastive_vmap_equals_loop(form):
   rng = np.random.default_rng(4)
   x = np.stack([_embeddings(rng, 12, 3, np.float64, False) for _ in range(3)])
   labels = np.stack([_labels(rng, 12, 3, form) for _ in range(3)])
-  batched = _jit(jax.vmap(lambda e, l: contrastive(e, l, margin=2.0)))(x, labels)
+  batched = jit_fast_compile(jax.vmap(lambda e, l: contrastive(e, l, margin=2.0)))(x, labels)
   looped = np.array([_contrastive(x[v], labels[v], margin=2.0) for v in range(3)])
   chex.assert_trees_all_close(batched, looped, rtol=1e-12)
   assert len(set(np.round(looped, 8))) == 3  # the loop really covers different batches
@@ -231,7 +206,7 @@ def test_contrastive_gradient_matches_finite_differences(metric):
   x = _embeddings(rng, 5, 3, np.float64, metric in ("cosine", "great_circle"))
   labels = np.array([0, 0, 1, 1, 2], np.int32)
   weights = np.array([1.0, 2.0, 0.5, 1.5, 1.0])
-  negatives = [_distance(x[i], x[j], metric) for i in range(5) for j in range(i + 1, 5)
+  negatives = [ref_angle_distance(x[i], x[j], metric) for i in range(5) for j in range(i + 1, 5)
                if labels[i] != labels[j]]
   margin = _smooth_margin(negatives)
   assert any(d < margin for d in negatives)  # some hinge terms are active
@@ -343,7 +318,7 @@ def test_contrastive_stats():
   chex.assert_trees_all_close(loss, _contrastive_reference(x, labels, 2.0, "euclidean"),
                               rtol=1e-10)
   negatives = [(i, j) for i in range(12) for j in range(i + 1, 12) if labels[i] != labels[j]]
-  active = sum(_distance(x[i], x[j], "euclidean") < 2.0 for i, j in negatives)
+  active = sum(ref_angle_distance(x[i], x[j], "euclidean") < 2.0 for i, j in negatives)
   assert 0 < active < len(negatives)
   assert float(stats["num_valid"]) == len(negatives)
   assert float(stats["num_active"]) == active
@@ -455,7 +430,7 @@ def test_siamese_vmap_equals_loop(kind):
     f = lambda a, b, s: siamese_cosine_bce(a, b, s, scale=5.0, bias=-1.0)
     g = lambda a, b, s: _cosine(a, b, s, 5.0, -1.0)
   looped = np.array([g(x1[v], x2[v], same[v]) for v in range(3)])
-  chex.assert_trees_all_close(_jit(jax.vmap(f))(x1, x2, same), looped, rtol=1e-12)
+  chex.assert_trees_all_close(jit_fast_compile(jax.vmap(f))(x1, x2, same), looped, rtol=1e-12)
   assert len(set(np.round(looped, 8))) == 3
 
 
@@ -641,7 +616,7 @@ def test_siamese_static_errors(kind, override, match):
   with pytest.raises(ValueError, match=match):
     fn(**args)
   with pytest.raises(ValueError, match=match):  # also under jit
-    _jit(fn)(**args)
+    jit_fast_compile(fn)(**args)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sphereembed.losses import ntxent
-from tests.references import numeric_grad
+from tests.references import jit_fast_compile, numeric_grad
 
 TOLERANCES = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -17,21 +17,10 @@ def _fn(x, labels, temperature, weights=None):
   return ntxent(x, labels, temperature=temperature, weights=weights)
 
 
-def _jit(fn, **kwargs):
-  """``jax.jit`` with LLVM optimisation level 0 for the test programs.
-
-  These tests compile about a hundred small programs and run each a few
-  times; level 0 halves the compile time. XLA's HLO passes still run and
-  fast-math is off either way, so the numerics do not change (the jit ==
-  eager tests compare with the default pipeline).
-  """
-  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
-
-
 # Value tests go through module-level jitted functions (one compilation per
 # input signature); eager calls are covered by the jit == eager and error tests.
-_ntxent = _jit(_fn)
-_ntxent_grads = _jit(jax.grad(_fn, argnums=(0, 2)))
+_ntxent = jit_fast_compile(_fn)
+_ntxent_grads = jit_fast_compile(jax.grad(_fn, argnums=(0, 2)))
 
 
 def _unit(rng, n, dim, dtype):
@@ -148,7 +137,7 @@ def test_vmap_equals_loop(form):
   x = np.stack([_unit(rng, 12, 4, np.float64) for _ in range(3)])
   labels = np.stack([_labels(rng, 12, 3, form) for _ in range(3)])
   temperatures = np.array([0.1, 0.5, 1.0])
-  batched = _jit(jax.vmap(_fn))(x, labels, temperatures)
+  batched = jit_fast_compile(jax.vmap(_fn))(x, labels, temperatures)
   looped = np.array([_ntxent(x[v], labels[v], temperatures[v]) for v in range(3)])
   chex.assert_trees_all_close(batched, looped, rtol=1e-12)
   assert len(set(np.round(looped, 8))) == 3
@@ -280,7 +269,7 @@ def test_static_errors(embeddings, labels, kwargs, match):
   with pytest.raises(ValueError, match=match):
     ntxent(embeddings, labels, **kwargs)
   with pytest.raises(ValueError, match=match):  # also under jit
-    _jit(ntxent)(embeddings, labels, **kwargs)
+    jit_fast_compile(ntxent)(embeddings, labels, **kwargs)
 
 
 @pytest.mark.parametrize("embeddings,labels,kwargs,match", [
