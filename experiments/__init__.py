@@ -1,0 +1,1 @@
+"""Command-line experiments: thin absl mains around ``sphereembed.training``."""

@@ -1,0 +1,157 @@
+"""The experiment config schema: every field, its default and its checks.
+
+Config files in ``configs/`` start from :func:`default_config` and change a
+few fields. :func:`validate_config` rejects unknown keys, wrong types and
+bad values before any work starts.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+__all__ = ["RESUME_SAFE_FIELDS", "default_config", "validate_config"]
+
+# Fields that may change between an interrupted run and its resumption.
+RESUME_SAFE_FIELDS = frozenset({
+    "data_dir", "tfds_data_dir", "download", "log_every_steps", "eval_every_steps",
+    "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "tensorboard", "figures",
+})
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field of an MNIST-family experiment, with its default."""
+  config = ml_collections.ConfigDict()
+
+  # Data: "mnist", "fashion_mnist", "mnist10k" (local IDX folders) or TFDS.
+  config.dataset = "mnist"
+  config.data_dir = ""  # "" -> $SPHEREEMBED_DATA_DIR, then ../shared/data, then TFDS.
+  config.tfds_data_dir = ""
+  config.download = False  # let TFDS download (machines with internet only)
+  config.max_train_examples = 0  # 0 = all; small values for smoke runs
+  config.max_test_examples = 0
+  # Imbalance: keep this fraction of the listed classes' training samples.
+  config.imbalanced_classes = ()
+  config.imbalanced_fraction = 1.0
+  config.class_weighting = False  # inverse-frequency sample weights in the loss
+
+  # Batches: "shuffled" (batch_size) or "balanced" (P classes x K samples).
+  config.sampler = "shuffled"
+  config.batch_size = 128
+  config.classes_per_batch = 10
+  config.samples_per_class = 13
+  config.balance = "natural"  # "uniform" oversamples rare classes
+
+  # Model: a small CNN with a unit-norm embedding head.
+  config.embedding_dim = 2
+  config.features = (16, 32)
+  config.hidden = 128
+  config.dropout_rate = 0.0
+  config.classifier_head = False
+
+  # Loss: "ncl", "triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all",
+  # "contrastive" or "softmax" (all evaluated by nearest centroid).
+  config.loss = "ncl"
+  config.metric = "great_circle"
+  config.margin = 0.2
+  config.negative_weight = 0.5
+  config.negative_gate = 0.0
+  config.classifier_weight = 0.0
+  # Centroid EMA: alpha = alpha_base * alpha_decay ** (step / alpha_every).
+  config.alpha_base = 0.25
+  config.alpha_decay = 0.65
+  config.alpha_every = 1000.0
+  config.centroid_warmup_steps = 0
+
+  # Optimisation: AdamW with linear warm-up and cosine decay.
+  config.num_epochs = 3
+  config.learning_rate = 3e-3
+  config.warmup_steps = 200
+  config.weight_decay = 1e-4
+  config.seed = 0
+
+  # Bookkeeping.
+  config.log_every_steps = 100
+  config.eval_every_steps = 0  # 0 = once per epoch
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 2
+  config.eval_batch_size = 1000
+  config.tensorboard = True
+  config.figures = True
+  return config
+
+
+_CHOICES = {
+    "sampler": ("shuffled", "balanced"),
+    "balance": ("natural", "uniform"),
+    "loss": ("ncl", "triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all",
+             "contrastive", "softmax"),
+    "metric": ("euclidean", "squared_euclidean", "cosine", "great_circle"),
+}
+_POSITIVE = ("batch_size", "classes_per_batch", "samples_per_class", "embedding_dim", "hidden",
+             "num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+             "eval_batch_size", "alpha_every")
+_NON_NEGATIVE = ("max_train_examples", "max_test_examples", "margin", "negative_weight",
+                 "negative_gate", "classifier_weight", "centroid_warmup_steps", "learning_rate",
+                 "warmup_steps", "weight_decay", "seed", "eval_every_steps", "dropout_rate")
+
+
+def validate_config(config) -> ml_collections.ConfigDict:
+  """Checks a config against :func:`default_config`; returns a locked copy.
+
+  Args:
+    config: a ``ConfigDict`` (or a dict) with a subset of the default fields.
+      Missing fields take their default.
+
+  Returns:
+    A complete, locked ``ConfigDict``.
+
+  Raises:
+    ValueError: on an unknown field (with the closest known names), a value
+      of the wrong type or an out-of-range value.
+  """
+  import difflib
+  reference = default_config()
+  given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  unknown = sorted(set(given) - set(reference))
+  if unknown:
+    hints = {k: difflib.get_close_matches(k, list(reference), n=2) for k in unknown}
+    raise ValueError(f"Unknown config field(s) {unknown}; did you mean {hints}? "
+                     f"Known fields: {sorted(reference)}.")
+  merged = default_config()
+  for key, value in given.items():
+    default = reference[key]
+    if isinstance(default, bool) != isinstance(value, bool) or (
+        isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
+        isinstance(default, str) and not isinstance(value, str)) or (
+        isinstance(default, tuple) and not isinstance(value, (tuple, list))):
+      raise ValueError(f"config.{key} must be of type {type(default).__name__} like its "
+                       f"default {default!r}, got {value!r}.")
+    if isinstance(default, int) and not isinstance(default, bool):
+      if float(value) != int(value):
+        raise ValueError(f"config.{key} must be an integer, got {value!r}.")
+      value = int(value)
+    elif isinstance(default, float):
+      value = float(value)
+    if isinstance(default, tuple):
+      value = tuple(value)
+    merged[key] = value
+  for key, choices in _CHOICES.items():
+    if merged[key] not in choices:
+      raise ValueError(f"config.{key} must be one of {choices}, got {merged[key]!r}.")
+  for key in _POSITIVE:
+    if not merged[key] > 0:
+      raise ValueError(f"config.{key} must be > 0, got {merged[key]!r}.")
+  for key in _NON_NEGATIVE:
+    if not merged[key] >= 0:
+      raise ValueError(f"config.{key} must be >= 0, got {merged[key]!r}.")
+  if not 0 < merged.imbalanced_fraction <= 1:
+    raise ValueError(f"config.imbalanced_fraction must lie in (0, 1], got "
+                     f"{merged.imbalanced_fraction}.")
+  if not all(isinstance(c, int) and c > 0 for c in merged.features) or not merged.features:
+    raise ValueError(f"config.features must be positive channel counts, got {merged.features}.")
+  if merged.loss == "softmax" and not merged.classifier_head:
+    merged.classifier_head = True  # the softmax baseline is its classifier head
+  if merged.classifier_weight > 0 and not merged.classifier_head:
+    raise ValueError("config.classifier_weight > 0 needs config.classifier_head = True.")
+  merged.lock()
+  return merged

@@ -1,0 +1,143 @@
+"""train_and_evaluate end to end on a tiny IDX folder: outputs, resume, bad configs and data."""
+
+import json
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from sphereembed.data import DataNotFoundError
+from sphereembed.training import config as config_lib
+from sphereembed.training import loop
+from sphereembed.training.checkpoints import CorruptCheckpointError
+from tests.training.fake_data import write_fake_mnist
+
+
+@pytest.fixture(scope="module")
+def fake_dir(tmp_path_factory):
+  return write_fake_mnist(tmp_path_factory.mktemp("fake_mnist"))
+
+
+def small_config(data_dir, **overrides):
+  config = config_lib.default_config()
+  config.update(dict(
+      data_dir=data_dir, batch_size=32, num_epochs=3, features=(4, 8), hidden=32,
+      warmup_steps=2, learning_rate=1e-2, log_every_steps=2, checkpoint_every_steps=4,
+      eval_batch_size=64, embedding_dim=2))
+  config.update(overrides)
+  return config
+
+
+def _final_arrays(workdir):
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  restored = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, "checkpoints", str(steps[-1]), "default"))
+  return steps[-1], restored
+
+
+def test_run_writes_checkpoints_metrics_and_figures(fake_dir, tmp_path):
+  metrics = loop.train_and_evaluate(small_config(fake_dir), str(tmp_path))
+  for name in ("metrics.json", "metrics.jsonl", "embeddings.png", "training_curves.png",
+               "config.json"):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  assert os.listdir(tmp_path / "tensorboard")
+  with open(tmp_path / "metrics.json") as f:
+    saved = json.load(f)
+  assert saved["test_accuracy"] == metrics["test_accuracy"]
+  # Four well-separated bar classes: far above the 25% of chance after 21 steps.
+  assert metrics["test_accuracy"] > 0.6, metrics
+  assert metrics["num_train_steps"] == 21
+  step, arrays = _final_arrays(str(tmp_path))
+  assert step == 21 and int(arrays["step"]) == 21
+  np.testing.assert_allclose(np.linalg.norm(arrays["centroids"], axis=1), 1.0, atol=1e-5)
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert any("train_loss" in r for r in records) and any("steps_per_sec" in r for r in records)
+
+
+def test_interrupted_run_resumes_to_the_same_result(fake_dir, tmp_path, monkeypatch):
+  config = small_config(fake_dir, figures=False, tensorboard=False)
+  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  calls = {"n": 0}
+  real_step = loop.train_step
+
+  def crashing_step(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 11:
+      raise KeyboardInterrupt("simulated preemption")
+    return real_step(*args, **kwargs)
+
+  monkeypatch.setattr(loop, "train_step", crashing_step)
+  with pytest.raises(KeyboardInterrupt):
+    loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(loop, "train_step", real_step)
+  assert _final_arrays(str(tmp_path / "resumed"))[0] == 8  # the last checkpoint before step 11
+  resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  assert resumed["resumed_from_step"] == 8
+  assert resumed["test_accuracy"] == straight["test_accuracy"]
+  _, a = _final_arrays(str(tmp_path / "straight"))
+  _, b = _final_arrays(str(tmp_path / "resumed"))
+  import jax
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(fake_dir, tmp_path):
+  config = small_config(fake_dir, num_epochs=1, figures=False, tensorboard=False)
+  loop.train_and_evaluate(config, str(tmp_path))
+  data_root = tmp_path / "checkpoints" / "7" / "default"
+  damaged = 0
+  for root, _, files in os.walk(data_root):
+    for name in files:
+      if name not in ("_METADATA", "commit_success.txt"):
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
+        damaged += 1
+  assert damaged
+  with pytest.raises(CorruptCheckpointError, match="cannot be restored"):
+    loop.train_and_evaluate(config, str(tmp_path))
+
+
+def test_resuming_with_another_config_is_refused(fake_dir, tmp_path):
+  config = small_config(fake_dir, num_epochs=1, figures=False, tensorboard=False)
+  loop.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match="different config.*embedding_dim"):
+    loop.train_and_evaluate(small_config(fake_dir, num_epochs=1, embedding_dim=3), str(tmp_path))
+
+
+def test_missing_data_names_the_ways_to_provide_it(tmp_path):
+  config = small_config(str(tmp_path / "nowhere"))
+  with pytest.raises(DataNotFoundError, match="data_dir"):
+    loop.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_balanced_sampler_and_class_weighting_run(fake_dir, tmp_path):
+  config = small_config(fake_dir, sampler="balanced", classes_per_batch=4, samples_per_class=8,
+                        class_weighting=True, imbalanced_classes=(0, 1),
+                        imbalanced_fraction=0.25, num_epochs=1, figures=False,
+                        tensorboard=False)
+  metrics = loop.train_and_evaluate(config, str(tmp_path))
+  assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["num_train_steps"] > 0
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"embeding_dim": 3}, "Unknown config field.*embedding_dim"),
+    ({"loss": "arcface"}, "config.loss must be one of"),
+    ({"batch_size": 0}, "config.batch_size must be > 0"),
+    ({"num_epochs": 1.5}, "must be an integer"),
+    ({"learning_rate": "fast"}, "must be of type float"),
+    ({"imbalanced_fraction": 0.0}, "imbalanced_fraction"),
+    ({"classifier_weight": 1.0}, "classifier_head"),
+])
+def test_validate_config_rejects_bad_fields(bad, match):
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate_config(bad)
+
+
+def test_validate_config_fills_defaults_and_locks():
+  config = config_lib.validate_config({"loss": "softmax"})
+  assert config.classifier_head and config.embedding_dim == 2
+  with pytest.raises(AttributeError):
+    config.new_field = 1

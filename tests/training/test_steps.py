@@ -1,0 +1,113 @@
+"""The jitted train step: pure, lowers the loss, moves the centroids, every loss selectable."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sphereembed import centroids as centroids_lib
+from sphereembed.models import SmallCNN
+from sphereembed.training.state import TrainState, create_train_state
+from sphereembed.training.steps import LOSSES, LossSpec, embed_dataset, train_step
+
+
+def _problem(num_classes=4, per_class=8, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(num_classes), per_class).astype(np.int32)
+  images = rng.integers(0, 40, size=(len(labels), 28, 28, 1)).astype(np.uint8)
+  for i, label in enumerate(labels):
+    images[i, 2 + 6 * label:6 + 6 * label, 4:24] = 250
+  return {"image": images, "label": labels}
+
+
+def _state(dim=8, num_classes=4, head=False, lr=3e-3):
+  model = SmallCNN(dim, num_classes if head else None, features=(4, 8), hidden=16)
+  return create_train_state(model, optax.adam(lr), jax.random.PRNGKey(0),
+                            jnp.zeros((1, 28, 28, 1), jnp.uint8), num_classes)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_train_step_lowers_the_loss(loss):
+  batch = _problem()
+  spec = LossSpec(name=loss, margin=1.0)
+  state = _state(head=loss == "softmax")
+  first = None
+  for _ in range(25):
+    state, metrics = train_step(state, batch, spec)
+    first = float(metrics["loss"]) if first is None else first
+  assert np.isfinite(float(metrics["loss"]))
+  assert float(metrics["loss"]) < first - 0.2 * abs(first), (first, float(metrics["loss"]))
+  assert int(state.step) == 25
+  np.testing.assert_allclose(float(metrics["embedding_norm"]), 1.0, atol=1e-5)
+
+
+def test_train_step_is_pure_and_threads_the_state():
+  batch = _problem()
+  spec = LossSpec()
+  a, metrics_a = train_step(_state(), batch, spec)
+  b, metrics_b = train_step(_state(), batch, spec)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert float(metrics_a["loss"]) == float(metrics_b["loss"])
+  assert not np.array_equal(np.asarray(a.rng), np.asarray(_state().rng))
+
+
+def test_centroid_update_uses_the_pre_update_embeddings():
+  batch = _problem()
+  state = _state()
+  embeddings = state.apply_fn({"params": state.params}, batch["image"])["embedding"]
+  expected = centroids_lib.update_centroids(
+      state.centroids, embeddings, batch["label"], centroids_lib.ema_alpha(0))
+  new_state, _ = train_step(state, batch, LossSpec())
+  np.testing.assert_allclose(np.asarray(new_state.centroids), np.asarray(expected), atol=1e-6)
+
+
+def test_centroid_warmup_keeps_centroids_and_gate_switches_off_negatives():
+  batch = _problem()
+  state = _state()
+  before = np.asarray(state.centroids)
+  state, metrics = train_step(state, batch, LossSpec(centroid_warmup_steps=5))
+  np.testing.assert_array_equal(np.asarray(state.centroids), before)
+  assert float(metrics["alpha"]) == 0.0
+  # A gate above alpha = 0.25 removes the negative term: the loss is d_y >= 0.
+  _, gated = train_step(_state(), batch, LossSpec(negative_gate=0.5))
+  _, ungated = train_step(_state(), batch, LossSpec())
+  assert float(gated["loss"]) >= 0 > float(ungated["loss"])
+
+
+def test_class_weights_enter_the_loss():
+  batch = _problem()
+  uniform = dict(batch, weight=np.ones(32, np.float32))
+  skewed = dict(batch, weight=np.where(batch["label"] == 0, 10.0, 0.1).astype(np.float32))
+  _, m_plain = train_step(_state(), batch, LossSpec())
+  _, m_uniform = train_step(_state(), uniform, LossSpec())
+  _, m_skewed = train_step(_state(), skewed, LossSpec())
+  np.testing.assert_allclose(float(m_uniform["loss"]), float(m_plain["loss"]), rtol=1e-6)
+  assert abs(float(m_skewed["loss"]) - float(m_plain["loss"])) > 1e-4
+
+
+def test_classifier_head_and_embed_dataset_padding():
+  state = _state(dim=3, head=True)
+  images = _problem()["image"][:7]
+  out = embed_dataset(state, images, batch_size=4)
+  assert out["embedding"].shape == (7, 3) and out["logits"].shape == (7, 4)
+  direct = state.apply_fn({"params": state.params}, images)
+  np.testing.assert_allclose(out["embedding"], np.asarray(direct["embedding"]), atol=1e-6)
+
+
+def test_loss_spec_rejects_bad_values():
+  with pytest.raises(ValueError, match="Unknown loss"):
+    LossSpec(name="arcface")
+  with pytest.raises(ValueError, match="Unknown metric"):
+    LossSpec(metric="manhattan")
+  with pytest.raises(ValueError, match="EMA schedule"):
+    LossSpec(alpha_base=2.0)
+
+
+def test_state_is_a_pytree_with_static_functions():
+  state = _state()
+  assert isinstance(state, TrainState)
+  leaves = jax.tree_util.tree_leaves(state)
+  assert all(hasattr(x, "shape") for x in leaves)
+  assert state.centroids.shape == (4, 8)
