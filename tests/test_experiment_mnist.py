@@ -1,0 +1,69 @@
+"""The command line of the main job: `python -m experiments.mnist --config=configs/...`."""
+
+import datetime
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments import mnist
+from sphereembed.training import config as config_lib
+from tests.training.fake_data import write_fake_mnist
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.py"))
+
+
+def _run(args, tmp_path, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.mnist", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_command_runs_a_few_steps_and_writes_its_outputs(tmp_path):
+  data = write_fake_mnist(tmp_path / "data")
+  workdir = tmp_path / "run"
+  result = _run(["--config=configs/ncl_2d.py", f"--config.data_dir={data}",
+                 "--config.num_epochs=1", "--config.batch_size=48", "--config.features=(4, 8)",
+                 "--config.log_every_steps=2", f"--workdir={workdir}"], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "nearest-centroid test accuracy" in result.stdout
+  assert "steps/s" in result.stderr and "ETA" in result.stderr  # the progress report
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert metrics["num_train_steps"] == 5 and 0 <= metrics["test_accuracy"] <= 1
+  assert (workdir / "embeddings.png").stat().st_size > 0
+  assert (workdir / "checkpoints" / "5").is_dir()
+
+
+def test_unknown_override_fails_before_training(tmp_path):
+  result = _run(["--config=configs/ncl_2d.py", "--config.embeding_dim=3",
+                 f"--workdir={tmp_path / 'run'}"], tmp_path, timeout=120)
+  assert result.returncode != 0
+  assert "embeding_dim" in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_default_workdir_never_reuses_a_folder(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  now = datetime.datetime(2026, 1, 2, 3, 4, 5)
+  first = mnist.default_workdir("configs/ncl_2d.py", now)
+  assert first == os.path.join("runs", "ncl_2d", "20260102-030405")
+  os.makedirs(first)
+  second = mnist.default_workdir("configs/ncl_2d.py", now)
+  assert second != first and not os.path.exists(second)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_is_valid_and_documents_its_command(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = config_lib.validate_config(module.get_config())
+  assert f"--config=configs/{path.name}" in module.__doc__
+  if path.stem != "default":
+    assert "Measured" in module.__doc__ or "Expected" in module.__doc__
+  assert config.embedding_dim >= 2
