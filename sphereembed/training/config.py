@@ -32,7 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Imbalance: keep this fraction of the listed classes' training samples.
   config.imbalanced_classes = ()
   config.imbalanced_fraction = 1.0
-  config.class_weighting = False  # inverse-frequency sample weights in the loss
+  config.class_weighting = False
+  config.random_shift = 0  # augmentation: random translation by up to this many pixels  # inverse-frequency sample weights in the loss
 
   # Batches: "shuffled" (batch_size) or "balanced" (P classes x K samples).
   config.sampler = "shuffled"
@@ -43,7 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Model: a small CNN with a unit-norm embedding head.
   config.embedding_dim = 2
-  config.features = (16, 32)
+  config.features = (32, 64)
+  config.kernel_size = 5
+  config.downsample = "stride"  # or "pool" (stride-1 conv + 2x2 max pool)
   config.hidden = 128
   config.dropout_rate = 0.0
   config.classifier_head = False
@@ -83,16 +86,17 @@ def default_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     "sampler": ("shuffled", "balanced"),
     "balance": ("natural", "uniform"),
+    "downsample": ("stride", "pool"),
     "loss": ("ncl", "triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all",
              "contrastive", "softmax"),
     "metric": ("euclidean", "squared_euclidean", "cosine", "great_circle"),
 }
-_POSITIVE = ("batch_size", "classes_per_batch", "samples_per_class", "embedding_dim", "hidden",
+_POSITIVE = ("kernel_size", "batch_size", "classes_per_batch", "samples_per_class", "embedding_dim", "hidden",
              "num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
              "eval_batch_size", "alpha_every")
 _NON_NEGATIVE = ("max_train_examples", "max_test_examples", "margin", "negative_weight",
                  "negative_gate", "classifier_weight", "centroid_warmup_steps", "learning_rate",
-                 "warmup_steps", "weight_decay", "seed", "eval_every_steps", "dropout_rate")
+                 "warmup_steps", "weight_decay", "seed", "random_shift", "eval_every_steps", "dropout_rate")
 
 
 def validate_config(config) -> ml_collections.ConfigDict:

@@ -23,6 +23,7 @@ import optax
 
 from sphereembed import data as data_lib
 from sphereembed import plotting
+from sphereembed.data import augment
 from sphereembed.models import SmallCNN
 from sphereembed.training import config as config_lib
 from sphereembed.training import metric_writers
@@ -94,15 +95,22 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
   outputs = embed_dataset(state, test.images, batch_size)
   embeddings = outputs["embedding"]
   predictions = np.asarray(nearest_centroid(embeddings, state.centroids, metric))
+  num_classes = state.centroids.shape[0]
+  correct = predictions == test.labels
+  per_class = [float(np.mean(correct[test.labels == k])) if np.any(test.labels == k) else None
+               for k in range(num_classes)]
+  present = [a for a in per_class if a is not None]
   result: dict[str, Any] = {
-      "test_accuracy": float(np.mean(predictions == test.labels)),
+      "test_accuracy": float(np.mean(correct)),
+      # The mean of per-class accuracies: what an imbalanced training set hurts.
+      "test_balanced_accuracy": float(np.mean(present)),
+      "test_accuracy_per_class": per_class,
       "embeddings": embeddings, "predictions": predictions}
   if "logits" in outputs:
     result["test_accuracy_classifier"] = float(
         np.mean(np.argmax(outputs["logits"], -1) == test.labels))
   if train is not None:
     train_embeddings = embed_dataset(state, train.images, batch_size)["embedding"]
-    num_classes = state.centroids.shape[0]
     sums = np.zeros((num_classes, embeddings.shape[1]), np.float64)
     np.add.at(sums, train.labels, train_embeddings)
     means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
@@ -158,7 +166,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       max(num_train_steps, 1))
   tx = optax.adamw(schedule, weight_decay=config.weight_decay)
   model = SmallCNN(config.embedding_dim, num_classes if config.classifier_head else None,
-                   features=tuple(config.features), hidden=config.hidden,
+                   features=tuple(config.features), kernel_size=config.kernel_size,
+                   downsample=config.downsample, hidden=config.hidden,
                    dropout_rate=config.dropout_rate)
   spec = _loss_spec(config)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), train.images[:1],
@@ -183,7 +192,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   progress(start_step)
   for step in range(start_step + 1, num_train_steps + 1):
     indices = next(batches)
-    batch = {"image": train.images[indices], "label": train.labels[indices]}
+    images = train.images[indices]
+    if config.random_shift:
+      # Seeded by (seed, step): a resumed run draws the same shifts.
+      images = augment.random_translate(images, config.random_shift,
+                                        np.random.default_rng([config.seed, step]))
+    batch = {"image": images, "label": train.labels[indices]}
     if weights is not None:
       batch["weight"] = weights[indices]
     state, metrics = train_step(state, batch, spec)
@@ -202,7 +216,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       progress(step)
     if (step % eval_every == 0 and not last):
       result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size)
-      writer.write_scalars(step, {"test_accuracy": result["test_accuracy"]})
+      writer.write_scalars(step, {"test_accuracy": result["test_accuracy"],
+                                  "test_balanced_accuracy": result["test_balanced_accuracy"]})
     if step % config.checkpoint_every_steps == 0 or last:
       checkpointer.save(step, state)
     writer.flush()
@@ -210,8 +225,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size,
                     train=train)
-  embeddings, predictions = result.pop("embeddings"), result.pop("predictions")
-  writer.write_scalars(num_train_steps, result)
+  embeddings = result.pop("embeddings")
+  result.pop("predictions")
+  writer.write_scalars(num_train_steps, {k: v for k, v in result.items()
+                                         if isinstance(v, float)})
   writer.close()
   checkpointer.close()
   records = metric_writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))

@@ -275,3 +275,19 @@ def test_subsample_classes_bad_arguments(fraction, kwargs, match):
   kwargs = {"seed": 0, **kwargs}
   with pytest.raises(ValueError, match=match):
     subsample_classes(np.repeat(np.arange(3), 4), fraction, **kwargs)
+
+
+def test_random_translate_matches_a_loop_and_is_deterministic():
+  from sphereembed.data.augment import random_translate
+  images = np.random.default_rng(1).integers(1, 255, size=(6, 5, 7, 1)).astype(np.uint8)
+  out = random_translate(images, 2, np.random.default_rng(3))
+  dy, dx = np.random.default_rng(3).integers(-2, 3, size=(2, 6))
+  for i in range(6):
+    want = np.zeros_like(images[i])
+    for r in range(5):
+      for c in range(7):
+        if 0 <= r - dy[i] < 5 and 0 <= c - dx[i] < 7:
+          want[r, c] = images[i, r - dy[i], c - dx[i]]
+    np.testing.assert_array_equal(out[i], want)
+  np.testing.assert_array_equal(out, random_translate(images, 2, np.random.default_rng(3)))
+  assert random_translate(images, 0, np.random.default_rng(3)) is images

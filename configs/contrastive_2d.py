@@ -1,0 +1,17 @@
+"""Contrastive loss (margin 0.5 rad, great-circle distance) with a 2-D embedding: the NCL comparison.
+
+Command (from the repository root):
+  python -m experiments.mnist --config=configs/contrastive_2d.py
+
+Expected result: see the README's results table (mean and std over 3 seeds, measured with this file).
+"""
+
+from sphereembed.training.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.loss = "contrastive"
+  config.embedding_dim = 2
+  config.margin = 0.5
+  return config

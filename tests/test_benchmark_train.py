@@ -1,0 +1,93 @@
+"""benchmarks/train.py runs end to end (smoke mode) and its torch model is the Flax one."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+  spec = importlib.util.spec_from_file_location("sphereembed_benchmark_train",
+                                                ROOT / "benchmarks" / "train.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_smoke_sphereembed_side_writes_its_section(tmp_path):
+  train = _load_script()
+  results = tmp_path / "RESULTS.md"
+  results.write_text("# Loss benchmark\n\nkept as is\n")
+  argv = ["--smoke", "--batch-size", "16", "--dim", "8", "--frameworks", "sphereembed",
+          "--losses", "triplet_batch_hard", "--data", "random", "--output", str(results),
+          "--raw-dir", str(tmp_path / "raw")]
+  assert train.main(argv) == 0
+  text = results.read_text()
+  assert text.startswith("# Loss benchmark\n\nkept as is\n")
+  row = re.search(r"^\| `triplet_batch_hard` \| sphereembed \(JAX\) \| ([0-9.e+]+) \|", text,
+                  flags=re.M)
+  assert row, text
+  assert float(row.group(1)) > 0
+  assert "batch_size" in next((tmp_path / "raw").iterdir()).read_text()
+
+
+def test_section_is_replaced_not_appended(tmp_path):
+  train = _load_script()
+  results = tmp_path / "RESULTS.md"
+  results.write_text("# Loss benchmark\n\nkept as is\n")
+  for run in ("first", "second"):
+    train.replace_section(str(results),
+                          f"{train.SECTION_BEGIN}\n{run} run\n{train.SECTION_END}\n")
+  text = results.read_text()
+  assert text.startswith("# Loss benchmark\n\nkept as is\n")
+  assert text.count(train.SECTION_BEGIN) == 1 and text.count(train.SECTION_END) == 1
+  assert "second run" in text and "first run" not in text
+
+
+@pytest.mark.parametrize("kernel_size, downsample", [(5, "stride"), (3, "stride"), (5, "pool")])
+def test_torch_model_and_loss_match_flax(tmp_path, kernel_size, downsample):
+  pytest.importorskip("torch")
+  pytest.importorskip("pytorch_metric_learning")
+  import jax
+  import torch
+
+  from sphereembed import losses
+  from sphereembed.models.cnn import SmallCNN
+
+  train = _load_script()
+  cfg = {"dim": 8, "features": [4, 8], "hidden": 16, "image_shape": [28, 28, 1],
+         "kernel_size": kernel_size, "downsample": downsample}
+  images = np.random.default_rng(0).integers(0, 256, size=(12, 28, 28, 1), dtype=np.uint8)
+  labels = np.repeat(np.arange(3), 4)
+  model = SmallCNN(cfg["dim"], features=tuple(cfg["features"]), hidden=cfg["hidden"],
+                   kernel_size=kernel_size, downsample=downsample)
+  # Random parameters of the right shapes (model.init would compile its initialisers).
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"]
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map(
+      lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+  embeddings = np.asarray(jax.jit(model.apply)({"params": params}, images)["embedding"])
+  train.save_flax_params(str(tmp_path / "params.npz"), params, embeddings)
+
+  torch_model = train.torch_model(cfg)
+  train.copy_flax_params(torch_model, str(tmp_path / "params.npz"))
+  loss_fn, miner = train._lb._pml_loss_and_miner("batch_hard")
+  with torch.no_grad():
+    out = torch_model(torch.from_numpy(images))
+    labels_t = torch.from_numpy(labels)
+    pml_loss = float(loss_fn(out, labels_t, miner(out, labels_t)))
+  np.testing.assert_allclose(out.numpy(), embeddings, atol=1e-5)
+  ours, stats = jax.jit(functools.partial(losses.triplet_batch_hard, margin=0.2,
+                                          metric="euclidean", return_stats=True))(
+                                              embeddings, labels.astype(np.int32))
+  active = float(stats["num_active"])
+  assert active > 0
+  np.testing.assert_allclose(pml_loss, float(ours) * float(stats["num_valid"]) / active,
+                             rtol=1e-4)
