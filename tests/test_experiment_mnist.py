@@ -28,7 +28,8 @@ def test_command_runs_a_few_steps_and_writes_its_outputs(tmp_path):
   data = write_fake_mnist(tmp_path / "data")
   workdir = tmp_path / "run"
   result = _run(["--config=configs/ncl_2d.py", f"--config.data_dir={data}",
-                 "--config.num_epochs=1", "--config.batch_size=48", "--config.features=(4, 8)",
+                 "--config.num_epochs=1", "--config.sampler=shuffled", "--config.batch_size=48",
+                 "--config.features=(4, 8)",
                  "--config.log_every_steps=2", f"--workdir={workdir}"], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "nearest-centroid test accuracy" in result.stdout

@@ -36,7 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.random_shift = 0  # augmentation: random translation by up to this many pixels  # inverse-frequency sample weights in the loss
 
   # Batches: "shuffled" (batch_size) or "balanced" (P classes x K samples).
-  config.sampler = "shuffled"
+  config.sampler = "balanced"
   config.batch_size = 128
   config.classes_per_batch = 10
   config.samples_per_class = 13
@@ -56,7 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss = "ncl"
   config.metric = "great_circle"
   config.margin = 0.2
-  config.negative_weight = 0.5
+  config.negative_weight = 0.7
   config.negative_gate = 0.0
   config.classifier_weight = 0.0
   # Centroid EMA: alpha = alpha_base * alpha_decay ** (step / alpha_every).
@@ -66,7 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.centroid_warmup_steps = 0
 
   # Optimisation: AdamW with linear warm-up and cosine decay.
-  config.num_epochs = 3
+  config.num_epochs = 10
   config.learning_rate = 3e-3
   config.warmup_steps = 200
   config.weight_decay = 1e-4

@@ -22,7 +22,7 @@ def fake_dir(tmp_path_factory):
 def small_config(data_dir, **overrides):
   config = config_lib.default_config()
   config.update(dict(
-      data_dir=data_dir, batch_size=32, num_epochs=3, features=(4, 8), hidden=32,
+      data_dir=data_dir, sampler="shuffled", batch_size=32, num_epochs=3, features=(4, 8), hidden=32,
       warmup_steps=2, learning_rate=1e-2, log_every_steps=2, checkpoint_every_steps=4,
       eval_batch_size=64, embedding_dim=2))
   config.update(overrides)
