@@ -18,6 +18,15 @@ def _class_colors(num_classes: int):
   return [cmap(k % cmap.N) for k in range(num_classes)]
 
 
+def _prepare(embeddings, labels, centroids, class_names, max_points, seed):
+  """NumPy inputs, class names and colours, and a random subset of at most ``max_points``."""
+  embeddings, labels, centroids = map(np.asarray, (embeddings, labels, centroids))
+  num_classes = centroids.shape[0]
+  names = class_names or [str(k) for k in range(num_classes)]
+  index = np.random.default_rng(seed).permutation(len(labels))[:max_points]
+  return embeddings, labels, centroids, names, _class_colors(num_classes), index
+
+
 def plot_circle(embeddings, labels, centroids, path: str, *, class_names: Sequence[str] | None = None,
                 title: str = "", max_points: int = 5000, seed: int = 0) -> str:
   """2-D unit embeddings on the circle, coloured by class, with the centroids.
@@ -29,11 +38,9 @@ def plot_circle(embeddings, labels, centroids, path: str, *, class_names: Sequen
   Returns:
     ``path``.
   """
-  embeddings, labels, centroids = map(np.asarray, (embeddings, labels, centroids))
+  embeddings, labels, centroids, names, colors, index = _prepare(
+      embeddings, labels, centroids, class_names, max_points, seed)
   num_classes = centroids.shape[0]
-  names = class_names or [str(k) for k in range(num_classes)]
-  colors = _class_colors(num_classes)
-  index = np.random.default_rng(seed).permutation(len(labels))[:max_points]
   angles = np.arctan2(embeddings[index, 1], embeddings[index, 0])
   fig, (ax, hist) = plt.subplots(1, 2, figsize=(12, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
   circle = np.linspace(-np.pi, np.pi, 400)
@@ -68,11 +75,9 @@ def plot_sphere(embeddings, labels, centroids, path: str, *, class_names: Sequen
   Returns:
     ``path``.
   """
-  embeddings, labels, centroids = map(np.asarray, (embeddings, labels, centroids))
+  embeddings, labels, centroids, names, colors, index = _prepare(
+      embeddings, labels, centroids, class_names, max_points, seed)
   num_classes = centroids.shape[0]
-  names = class_names or [str(k) for k in range(num_classes)]
-  colors = _class_colors(num_classes)
-  index = np.random.default_rng(seed).permutation(len(labels))[:max_points]
   fig = plt.figure(figsize=(12, 6))
   u, v = np.mgrid[0:2 * np.pi:30j, 0:np.pi:15j]
   for panel, azimuth in enumerate((30, 210)):
