@@ -189,48 +189,51 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   batches = sampler.iterate(start_step=start_step)
   pending: list[dict[str, jax.Array]] = []
   train_start = time.monotonic()
-  progress(start_step)
-  for step in range(start_step + 1, num_train_steps + 1):
-    indices = next(batches)
-    images = train.images[indices]
-    if config.random_shift:
-      # Seeded by (seed, step): a resumed run draws the same shifts.
-      images = augment.random_translate(images, config.random_shift,
-                                        np.random.default_rng([config.seed, step]))
-    batch = {"image": images, "label": train.labels[indices]}
-    if weights is not None:
-      batch["weight"] = weights[indices]
-    state, metrics = train_step(state, batch, spec)
-    pending.append(metrics)
-    last = step == num_train_steps
-    if step % config.log_every_steps == 0 or last:
-      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-      pending = []
-      writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
-      progress(step, extra=f"loss={summary['loss']:.4f}")
-      if not np.isfinite(summary["loss"]):
-        raise FloatingPointError(
-            f"The training loss became {summary['loss']} at step {step}; lower "
-            "config.learning_rate or check the data.")
-    else:
-      progress(step)
-    if (step % eval_every == 0 and not last):
-      result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size)
-      writer.write_scalars(step, {"test_accuracy": result["test_accuracy"],
-                                  "test_balanced_accuracy": result["test_balanced_accuracy"]})
-    if step % config.checkpoint_every_steps == 0 or last:
-      checkpointer.save(step, state)
-    writer.flush()
-  train_seconds = time.monotonic() - train_start
+  try:
+    progress(start_step)
+    for step in range(start_step + 1, num_train_steps + 1):
+      indices = next(batches)
+      images = train.images[indices]
+      if config.random_shift:
+        # Seeded by (seed, step): a resumed run draws the same shifts.
+        images = augment.random_translate(images, config.random_shift,
+                                          np.random.default_rng([config.seed, step]))
+      batch = {"image": images, "label": train.labels[indices]}
+      if weights is not None:
+        batch["weight"] = weights[indices]
+      state, metrics = train_step(state, batch, spec)
+      pending.append(metrics)
+      last = step == num_train_steps
+      if step % config.log_every_steps == 0 or last:
+        summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+        pending = []
+        writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
+        progress(step, extra=f"loss={summary['loss']:.4f}")
+        if not np.isfinite(summary["loss"]):
+          raise FloatingPointError(
+              f"The training loss became {summary['loss']} at step {step}; lower "
+              "config.learning_rate or check the data.")
+      else:
+        progress(step)
+      if (step % eval_every == 0 and not last):
+        result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size)
+        writer.write_scalars(step, {"test_accuracy": result["test_accuracy"],
+                                    "test_balanced_accuracy": result["test_balanced_accuracy"]})
+      if step % config.checkpoint_every_steps == 0 or last:
+        checkpointer.save(step, state)
+      writer.flush()
+    train_seconds = time.monotonic() - train_start
 
-  result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size,
-                    train=train)
-  embeddings = result.pop("embeddings")
-  result.pop("predictions")
-  writer.write_scalars(num_train_steps, {k: v for k, v in result.items()
-                                         if isinstance(v, float)})
-  writer.close()
-  checkpointer.close()
+    result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size,
+                      train=train)
+    embeddings = result.pop("embeddings")
+    result.pop("predictions")
+    writer.write_scalars(num_train_steps, {k: v for k, v in result.items()
+                                           if isinstance(v, float)})
+  finally:
+    # Also on errors and interrupts: flush the logs, let orbax finish its threads.
+    writer.close()
+    checkpointer.close()
   records = metric_writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   train_losses = [r["train_loss"] for r in records if "train_loss" in r]
   final = {
