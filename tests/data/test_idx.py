@@ -12,7 +12,7 @@ from sphereembed.data import CorruptDataError, DataNotFoundError, load_dataset, 
 
 DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 
-# /work/shared/data/README.md.
+# Class counts published in ../shared/data/README.md.
 MNIST10K_TRAIN_COUNTS = [801, 902, 793, 826, 784, 690, 811, 856, 755, 782]
 MNIST10K_TEST_COUNTS = [200, 225, 198, 206, 196, 173, 203, 214, 189, 196]
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
