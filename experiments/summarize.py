@@ -3,7 +3,8 @@ r"""Mean and standard deviation of finished runs, as a markdown table.
 Usage:
   python -m experiments.summarize runs/ncl_2d/* runs/ncl_128d/*
 
-Runs are grouped by (dataset, loss, embedding_dim) from their ``metrics.json``;
+Runs are grouped by (dataset, loss, distance, embedding_dim) from their
+``metrics.json`` and ``config.json``;
 the table lists nearest-centroid test accuracy (mean ± std over seeds, in %),
 the number of seeds and the mean training time.
 """
@@ -27,17 +28,19 @@ def summarize(workdirs: list[str]) -> str:
       continue
     with open(path, encoding="utf-8") as f:
       metrics = json.load(f)
-    groups[(metrics["dataset"], metrics["loss"], metrics["embedding_dim"])].append(metrics)
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+      metric = json.load(f).get("metric", "?")
+    groups[(metrics["dataset"], metrics["loss"], metric, metrics["embedding_dim"])].append(metrics)
   if not groups:
     raise SystemExit(f"No metrics.json under {workdirs}.")
-  lines = ["| dataset | loss | D | nearest-centroid test accuracy (%) | balanced (%) | seeds | "
-           "train time (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-  for (dataset, loss, dim), runs in sorted(groups.items()):
+  lines = ["| dataset | loss | distance | D | nearest-centroid test accuracy (%) | balanced (%) | seeds | "
+           "train time (s) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for (dataset, loss, metric, dim), runs in sorted(groups.items()):
     accuracy = 100 * np.array([r["test_accuracy"] for r in runs])
     balanced = 100 * np.array([r.get("test_balanced_accuracy", np.nan) for r in runs])
     seconds = np.mean([r["train_seconds_this_run"] for r in runs])
     std = f" ± {accuracy.std(ddof=1):.2f}" if len(runs) > 1 else ""
-    lines.append(f"| {dataset} | {loss} | {dim} | {accuracy.mean():.2f}{std} | "
+    lines.append(f"| {dataset} | {loss} | {metric} | {dim} | {accuracy.mean():.2f}{std} | "
                  f"{np.nanmean(balanced):.2f} | {len(runs)} | {seconds:.0f} |")
   return "\n".join(lines)
 

@@ -68,3 +68,16 @@ def test_every_config_is_valid_and_documents_its_command(path):
   if path.stem != "default":
     assert "Measured" in module.__doc__ or "Expected" in module.__doc__
   assert config.embedding_dim >= 2
+
+
+def test_summarize_groups_seeds_into_mean_and_std(tmp_path):
+  from experiments import summarize
+  for seed, accuracy in enumerate((0.98, 0.99)):
+    workdir = tmp_path / f"run{seed}"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"metric": "euclidean"}))
+    (workdir / "metrics.json").write_text(json.dumps({
+        "dataset": "mnist", "loss": "ncl", "embedding_dim": 2, "test_accuracy": accuracy,
+        "test_balanced_accuracy": accuracy, "train_seconds_this_run": 10.0 * (seed + 1)}))
+  table = summarize.summarize([str(tmp_path / "run0"), str(tmp_path / "run1"), str(tmp_path)])
+  assert "| mnist | ncl | euclidean | 2 | 98.50 ± 0.71 | 98.50 | 2 | 15 |" in table
