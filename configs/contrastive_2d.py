@@ -1,4 +1,4 @@
-"""Contrastive loss (margin 0.5 rad, great-circle distance) with a 2-D embedding: the NCL comparison.
+"""Contrastive loss (margin 0.5, chord distance) with a 2-D embedding: the NCL comparison.
 
 Command (from the repository root):
   python -m experiments.mnist --config=configs/contrastive_2d.py
