@@ -139,9 +139,11 @@ def make_batches(source: str, batch_size: int, num_batches: int, seed: int,
       indices = sampler.epoch(0)[:num_batches]
       images = dataset.train.images[indices]
       labels = dataset.train.labels[indices].astype(np.int32)
-      info = {"source": "mnist", "where": dataset.source, "num_classes": dataset.num_classes,
+      # Relative to the repository: the report must not name this machine's paths.
+      where = os.path.relpath(dataset.source, REPO_ROOT) if os.path.isabs(dataset.source) else dataset.source
+      info = {"source": "mnist", "where": where, "num_classes": dataset.num_classes,
               "P": p, "K": batch_size // p, "image_shape": list(dataset.image_shape),
-              "text": (f"MNIST training images ({dataset.source}), P x K = {p} x {batch_size // p} "
+              "text": (f"MNIST training images ({where}), P x K = {p} x {batch_size // p} "
                        f"batches from `ClassBalancedSampler(seed={seed})`")}
   if source == "random":
     p = classes_per_batch or max(1, batch_size // RANDOM_SAMPLES_PER_CLASS)
