@@ -1,7 +1,8 @@
 """sphereembed: metric learning with calibrated confidence on hyperspherical embeddings.
 
 The package is layered; a module imports only from the ones listed before it:
-``geometry`` -> ``losses`` -> (distributions, models, training, evaluation).
+``geometry`` -> ``losses`` -> ``centroids`` -> ``data`` -> ``models`` -> ``training``
+(with ``plotting``) -> experiments in ``experiments/``.
 """
 
 from sphereembed import geometry, losses
