@@ -149,8 +149,8 @@ def update_centroids(
         f"{embeddings.dtype} must share the dimension and dtype.")
   num_classes = centroids.shape[0]
   labels = _common.check_labels(labels, embeddings.shape[0], allow_multi_hot=False)
-  if _common.is_concrete(embeddings, labels, centroids):
-    _common.validate_if_concrete(embeddings, labels, num_classes=num_classes)
+  _common.validate_if_concrete(embeddings, labels, num_classes=num_classes)
+  if _common.is_concrete(centroids):
     _common.validate_embeddings(centroids, "centroids")
   if _common.is_concrete(alpha):
     value = float(jnp.asarray(alpha))

@@ -7,6 +7,8 @@ bad values before any work starts.
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
 __all__ = ["RESUME_SAFE_FIELDS", "default_config", "validate_config"]
@@ -113,7 +115,6 @@ def validate_config(config) -> ml_collections.ConfigDict:
     ValueError: on an unknown field (with the closest known names), a value
       of the wrong type or an out-of-range value.
   """
-  import difflib
   reference = default_config()
   given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
   unknown = sorted(set(given) - set(reference))
