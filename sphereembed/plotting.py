@@ -1,4 +1,12 @@
-"""Figures of embeddings on the sphere and of training runs (matplotlib, no screen needed)."""
+"""Figures of embeddings on the sphere, training runs and evaluations (matplotlib, no screen needed).
+
+The evaluation figures (ROC and PR curves, reliability diagrams,
+sparsification and risk-coverage curves, confidence box plots, embeddings
+coloured by confidence) compute their data with :mod:`sphereembed.evaluation`,
+return the :class:`matplotlib.figure.Figure` and also save it as a PNG when
+given a ``path``. They are built without pyplot, so figures that are not kept
+are freed like any object.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,19 @@ from typing import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # Experiments run on servers and in CI: never open a window.
+from matplotlib.figure import Figure  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_circle", "plot_embeddings", "plot_sphere", "plot_training_curves"]
+from sphereembed.evaluation import calibration, uncertainty, verification  # noqa: E402
+from sphereembed.evaluation import _checks
+
+__all__ = [
+    "plot_binned_performance", "plot_circle", "plot_confidence_boxplot", "plot_embeddings",
+    "plot_embeddings_by_confidence", "plot_pr_curves", "plot_reliability_diagram",
+    "plot_risk_coverage", "plot_roc_curves", "plot_sparsification", "plot_sphere",
+    "plot_training_curves",
+]
 
 
 def _class_colors(num_classes: int):
@@ -130,3 +147,346 @@ def plot_training_curves(records: Sequence[Mapping[str, float]], path: str,
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+# ----------------------------------------------------------------------------
+# Evaluation figures: each returns the figure and saves a PNG when given a path.
+
+
+def _finish(fig: Figure, path: str | None, dpi: int = 110) -> Figure:
+  fig.tight_layout()
+  if path is not None:
+    fig.savefig(path, dpi=dpi)
+  return fig
+
+
+def _named_sets(sets, size: int) -> dict:
+  """A mapping ``name -> tuple of arrays`` from a mapping or from one unnamed tuple."""
+  if isinstance(sets, Mapping):
+    return {name: tuple(value) if size > 1 else (value,) for name, value in sets.items()}
+  return {"": tuple(sets) if size > 1 else (sets,)}
+
+
+def plot_roc_curves(curves, *, path: str | None = None, title: str = "",
+                    log_far: bool = False) -> Figure:
+  """ROC curves with their AUROC in the legend.
+
+  Args:
+    curves: ``(scores, labels)`` or a mapping ``name -> (scores, labels)``
+      (larger score = more likely positive; for OOD detection concatenate
+      in- and out-of-distribution uncertainties with labels 0 and 1).
+    path: where to save a PNG, or ``None``.
+    title: the axes title.
+    log_far: a logarithmic false-positive axis (for TAR at small FAR).
+
+  Returns:
+    The figure.
+
+  Example:
+    >>> from sphereembed.plotting import plot_roc_curves
+    >>> fig = plot_roc_curves({"model": ([0.9, 0.4, 0.6, 0.1], [1, 1, 0, 0])})
+    >>> [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    ['model AUROC 0.750', 'chance']
+  """
+  fig = Figure(figsize=(5, 4.5))
+  ax = fig.add_subplot()
+  for name, (scores, labels) in _named_sets(curves, 2).items():
+    roc = verification.roc_curve(scores, labels)
+    auc = verification.roc_auc(scores, labels)
+    ax.plot(roc.fpr, roc.tpr, label=f"{name} AUROC {auc:.3f}".strip())
+  if log_far:
+    ax.set_xscale("log")
+  else:
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="chance")
+  ax.set_xlabel("false-positive rate (FAR)")
+  ax.set_ylabel("true-positive rate (TAR)")
+  ax.set_title(title or "ROC")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize=8)
+  return _finish(fig, path)
+
+
+def plot_pr_curves(curves, *, path: str | None = None, title: str = "") -> Figure:
+  """Precision-recall curves (step-wise, as average precision counts them) with their AP.
+
+  Args:
+    curves: ``(scores, labels)`` or a mapping ``name -> (scores, labels)``.
+    path: where to save a PNG, or ``None``.
+    title: the axes title.
+
+  Returns:
+    The figure.
+  """
+  fig = Figure(figsize=(5, 4.5))
+  ax = fig.add_subplot()
+  for name, (scores, labels) in _named_sets(curves, 2).items():
+    precision, recall, _ = verification.precision_recall_curve(scores, labels)
+    ap = verification.average_precision(scores, labels)
+    ax.step(recall, precision, where="post", label=f"{name} AP {ap:.3f}".strip())
+  ax.set_xlabel("recall")
+  ax.set_ylabel("precision")
+  ax.set_xlim(0, 1.01)
+  ax.set_ylim(0, 1.05)
+  ax.set_title(title or "precision-recall")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower left", fontsize=8)
+  return _finish(fig, path)
+
+
+def plot_reliability_diagram(confidences, correct, *, num_bins: int = 15, path: str | None = None,
+                             title: str = "") -> Figure:
+  """Reliability diagram: accuracy per confidence bin against the diagonal, with the bin counts.
+
+  Args:
+    confidences: ``(N,)`` confidences in ``[0, 1]``.
+    correct: ``(N,)`` bools.
+    num_bins: equal-width bins (see
+      :func:`sphereembed.evaluation.calibration.reliability_diagram`).
+    path: where to save a PNG, or ``None``.
+    title: the figure title (the ECE and MCE are added).
+
+  Returns:
+    The figure.
+
+  Example:
+    >>> from sphereembed.plotting import plot_reliability_diagram
+    >>> fig = plot_reliability_diagram([0.9, 0.8, 0.6, 1.0], [1, 0, 1, 1], num_bins=5)
+    >>> fig.axes[0].get_title()
+    'ECE 0.275, MCE 0.400'
+  """
+  diagram = calibration.reliability_diagram(confidences, correct, num_bins)
+  ece = calibration.expected_calibration_error(confidences, correct, num_bins)
+  mce = calibration.maximum_calibration_error(confidences, correct, num_bins)
+  fig = Figure(figsize=(5, 6))
+  ax, counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+  left, width = diagram.edges[:-1], np.diff(diagram.edges)
+  filled = diagram.count > 0
+  ax.bar(left[filled], diagram.accuracy[filled], width[filled], align="edge", color="tab:blue",
+         edgecolor="black", lw=0.5, label="accuracy")
+  # The gap to perfect calibration, drawn from the accuracy to the mean confidence.
+  ax.bar(left[filled], diagram.confidence[filled] - diagram.accuracy[filled], width[filled],
+         bottom=diagram.accuracy[filled], align="edge", color="tab:red", alpha=0.3,
+         edgecolor="tab:red", lw=0.5, label="gap to confidence")
+  ax.plot([0, 1], [0, 1], color="0.4", ls="--", lw=1)
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel("accuracy")
+  ax.set_title(f"{title + ': ' if title else ''}ECE {ece:.3f}, MCE {mce:.3f}")
+  ax.legend(loc="upper left", fontsize=8)
+  counts.bar(left, diagram.count, width, align="edge", color="0.5", edgecolor="black", lw=0.5)
+  counts.set_xlabel("confidence")
+  counts.set_ylabel("samples")
+  return _finish(fig, path)
+
+
+def plot_sparsification(uncertainties, errors, *, path: str | None = None,
+                        title: str = "") -> Figure:
+  """Sparsification curves (mean error of the rest) with the oracle and the random level.
+
+  Args:
+    uncertainties: ``(N,)`` uncertainties, or a mapping ``name -> (N,)`` to
+      compare several on the same errors.
+    errors: ``(N,)`` per-sample errors (``1 - correct`` for classification).
+    path: where to save a PNG, or ``None``.
+    title: the axes title.
+
+  Returns:
+    The figure.
+  """
+  fig = Figure(figsize=(5.5, 4.5))
+  ax = fig.add_subplot()
+  curve = None
+  for name, (values,) in _named_sets(uncertainties, 1).items():
+    curve = uncertainty.sparsification_curve(values, errors)
+    area = np.mean(curve.error)
+    ax.plot(curve.fraction_removed, curve.error, label=f"{name} area {area:.4f}".strip())
+  ax.plot(curve.fraction_removed, curve.oracle_error, color="black", ls="--",
+          label=f"oracle area {np.mean(curve.oracle_error):.4f}")
+  ax.axhline(curve.error[0], color="0.6", ls=":", lw=1, label="random")
+  ax.set_xlabel("fraction of most uncertain samples removed")
+  ax.set_ylabel("mean error of the rest")
+  ax.set_title(title or "sparsification")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _finish(fig, path)
+
+
+def plot_risk_coverage(confidences, correct, *, path: str | None = None, title: str = "") -> Figure:
+  """Risk-coverage curves with their AURC; the best possible curve for reference.
+
+  Args:
+    confidences: ``(N,)`` confidences (larger = more confident), or a
+      mapping ``name -> (N,)``.
+    correct: ``(N,)`` bools.
+    path: where to save a PNG, or ``None``.
+    title: the axes title.
+
+  Returns:
+    The figure.
+  """
+  fig = Figure(figsize=(5.5, 4.5))
+  ax = fig.add_subplot()
+  for name, (values,) in _named_sets(confidences, 1).items():
+    curve = calibration.risk_coverage_curve(values, correct)
+    ax.plot(curve.coverage, curve.risk, label=f"{name} AURC {np.mean(curve.risk):.4f}".strip())
+  right = np.asarray(correct, dtype=bool)
+  best = calibration.risk_coverage_curve(right.astype(np.float64), right)
+  ax.plot(best.coverage, best.risk, color="black", ls="--",
+          label=f"best AURC {np.mean(best.risk):.4f}")
+  ax.set_xlabel("coverage")
+  ax.set_ylabel("risk (error rate of the kept samples)")
+  ax.set_xlim(0, 1)
+  ax.set_title(title or "risk-coverage")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _finish(fig, path)
+
+
+def plot_confidence_boxplot(confidences, correct, ood_confidences=None, *, path: str | None = None,
+                            ylabel: str = "confidence", title: str = "") -> Figure:
+  """Box plots of the confidence of correct, incorrect and (optionally) OOD samples.
+
+  Args:
+    confidences: ``(N,)`` confidences (or any score) of in-distribution samples.
+    correct: ``(N,)`` bools.
+    ood_confidences: ``(M,)`` confidences of OOD samples, or ``None``.
+    path: where to save a PNG, or ``None``.
+    ylabel: the label of the score axis.
+    title: the axes title.
+
+  Returns:
+    The figure.
+  """
+  confidences = _checks.vector(confidences, "confidences")
+  correct = _checks.binary(correct, "correct")
+  _checks.same_length(confidences=confidences, correct=correct)
+  groups = {"correct": confidences[correct], "incorrect": confidences[~correct]}
+  if ood_confidences is not None:
+    groups["OOD"] = _checks.vector(ood_confidences, "ood_confidences")
+  groups = {name: values for name, values in groups.items() if values.size}
+  fig = Figure(figsize=(1.6 * len(groups) + 2, 4.5))
+  ax = fig.add_subplot()
+  ax.boxplot(list(groups.values()), showfliers=False)
+  ax.set_xticks(range(1, len(groups) + 1), [f"{name}\n(n={len(v)})" for name, v in groups.items()])
+  ax.set_ylabel(ylabel)
+  ax.set_title(title or f"{ylabel} by outcome")
+  ax.grid(alpha=0.3, axis="y")
+  return _finish(fig, path)
+
+
+def plot_binned_performance(uncertainties, performance, *, num_bins: int = 10,
+                            strategy: str = "quantile", path: str | None = None,
+                            ylabel: str = "performance", title: str = "") -> Figure:
+  """Mean performance per uncertainty bin, the figure of the HIB paper.
+
+  Args:
+    uncertainties: ``(N,)`` uncertainties.
+    performance: ``(N,)`` per-sample performance.
+    num_bins: number of bins.
+    strategy: ``"quantile"`` or ``"uniform"`` (see
+      :func:`sphereembed.evaluation.uncertainty.binned_performance`).
+    path: where to save a PNG, or ``None``.
+    ylabel: the label of the performance axis.
+    title: the axes title.
+
+  Returns:
+    The figure.
+  """
+  binned = uncertainty.binned_performance(uncertainties, performance, num_bins,
+                                          strategy=strategy)
+  fig = Figure(figsize=(5.5, 4.5))
+  ax = fig.add_subplot()
+  filled = binned.count > 0
+  ax.plot(binned.uncertainty[filled], binned.performance[filled], marker="o")
+  ax.set_xlabel("uncertainty (bin mean)")
+  ax.set_ylabel(f"mean {ylabel}")
+  ax.set_title(title or f"{ylabel} per uncertainty bin")
+  ax.grid(alpha=0.3)
+  return _finish(fig, path)
+
+
+def plot_embeddings_by_confidence(embeddings, confidences, *, labels=None, path: str | None = None,
+                                  title: str = "", max_points: int = 5000, seed: int = 0,
+                                  cmap: str = "viridis") -> Figure:
+  """2-D embeddings on the circle or 3-D embeddings on the sphere, coloured by confidence.
+
+  Points are projected onto the unit circle/sphere. Low confidences are
+  drawn last, on top, so that the uncertain regions stand out. In 2-D a
+  second panel shows the confidence against the angle, coloured by class
+  when ``labels`` are given.
+
+  Args:
+    embeddings: ``(N, 2)`` or ``(N, 3)`` embeddings.
+    confidences: ``(N,)`` confidences (any real score; the colour scale
+      spans their range).
+    labels: ``(N,)`` int classes for the 2-D angle panel, or ``None``.
+    path: where to save a PNG, or ``None``.
+    title: the figure title.
+    max_points: at most this many points, a random subset.
+    seed: seed of the subset.
+    cmap: the matplotlib colour map.
+
+  Returns:
+    The figure.
+
+  Raises:
+    ValueError: for embeddings that are not 2-D or 3-D, or mismatched lengths.
+  """
+  embeddings = np.asarray(embeddings, dtype=np.float64)
+  if embeddings.ndim != 2 or embeddings.shape[1] not in (2, 3):
+    raise ValueError(f"embeddings must have shape (N, 2) or (N, 3), got {embeddings.shape}.")
+  confidences = _checks.vector(confidences, "confidences")
+  _checks.same_length(embeddings=embeddings, confidences=confidences)
+  index = np.random.default_rng(seed).permutation(len(confidences))[:max_points]
+  index = index[np.argsort(-confidences[index], kind="stable")]
+  points = embeddings[index] / np.maximum(np.linalg.norm(embeddings[index], axis=1,
+                                                         keepdims=True), 1e-12)
+  values = confidences[index]
+  norm = matplotlib.colors.Normalize(vmin=values.min(), vmax=values.max())
+  if embeddings.shape[1] == 2:
+    fig = Figure(figsize=(12, 5.5))
+    ax, side = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    circle = np.linspace(-np.pi, np.pi, 400)
+    ax.plot(np.cos(circle), np.sin(circle), color="0.8", lw=1)
+    drawn = ax.scatter(points[:, 0], points[:, 1], c=values, cmap=cmap, norm=norm, s=6)
+    ax.set_aspect("equal")
+    ax.set_xlim(-1.2, 1.2)
+    ax.set_ylim(-1.2, 1.2)
+    ax.axis("off")
+    angles = np.arctan2(points[:, 1], points[:, 0])
+    if labels is None:
+      side.scatter(angles, values, s=4, c=values, cmap=cmap, norm=norm)
+    else:
+      labels = np.asarray(labels)[index]
+      classes = np.unique(labels)
+      colors = _class_colors(len(classes))
+      for color, k in zip(colors, classes):
+        chosen = labels == k
+        side.scatter(angles[chosen], values[chosen], s=4, color=color, label=str(k))
+      side.legend(markerscale=3, fontsize=7, ncol=2)
+    side.set_xlabel("angle (radians)")
+    side.set_ylabel("confidence")
+    side.grid(alpha=0.3)
+    fig.colorbar(drawn, ax=ax, shrink=0.8, label="confidence")
+  else:
+    fig = Figure(figsize=(11, 5))
+    u, v = np.mgrid[0:2 * np.pi:30j, 0:np.pi:15j]
+    axes = []
+    for panel, azimuth in enumerate((30, 210)):
+      ax = fig.add_subplot(1, 2, panel + 1, projection="3d")
+      ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85",
+                        lw=0.4)
+      drawn = ax.scatter(*points.T, c=values, cmap=cmap, norm=norm, s=4)
+      ax.view_init(elev=20, azim=azimuth)
+      ax.set_box_aspect((1, 1, 1))
+      ax.set_axis_off()
+      axes.append(ax)
+    # tight_layout leaves wide margins around 3-D axes: place them by hand.
+    fig.subplots_adjust(left=0.0, right=0.88, bottom=0.0, top=0.92, wspace=0.0)
+    fig.colorbar(drawn, ax=axes, shrink=0.7, label="confidence")
+  fig.suptitle(title or "embeddings coloured by confidence")
+  if embeddings.shape[1] == 2:
+    return _finish(fig, path)
+  if path is not None:
+    fig.savefig(path, dpi=110)
+  return fig

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval, verification, calibration and uncertainty metrics."""
