@@ -1,4 +1,4 @@
-"""Datasets and batch samplers, in NumPy (no JAX, no TensorFlow).
+"""Datasets and batch samplers, in NumPy (no TensorFlow; JAX only in :mod:`~sphereembed.data.pairs`).
 
 Sources. :func:`load_dataset` returns a :class:`Dataset` (uint8 images
 ``(N, H, W, C)``, int32 labels) for ``"mnist"``, ``"fashion_mnist"``,
@@ -25,6 +25,11 @@ Samplers. :class:`ShuffledSampler` and :class:`ClassBalancedSampler` (P x K
 batches) yield index batches; epoch ``e`` depends only on ``(seed, e)``, so
 training resumes exactly from a checkpoint. :func:`class_weights` and
 :func:`subsample_classes` handle class imbalance.
+
+Submodules imported by name: :mod:`~sphereembed.data.ndigit` (N-digit MNIST
+for Hedged Instance Embeddings, with its seen/unseen class split and
+occlusion-corrupted test sets) and :mod:`~sphereembed.data.pairs` (all pairs
+or sampled pairs of a batch, jit-compatible).
 """
 
 from sphereembed.data.idx import CorruptDataError, read_idx, write_idx
