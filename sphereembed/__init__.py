@@ -1,8 +1,9 @@
 """sphereembed: metric learning with calibrated confidence on hyperspherical embeddings.
 
 The package is layered; a module imports only from the ones listed before it:
-``geometry`` -> ``losses`` -> ``centroids`` -> ``data`` -> ``models`` -> ``training``
-(with ``plotting``) -> experiments in ``experiments/``.
+``geometry`` -> ``distributions`` -> ``losses`` -> ``centroids`` -> ``confidence`` ->
+``data`` -> ``models`` -> ``evaluation`` -> ``plotting`` -> ``training`` -> experiments
+in ``experiments/``.
 """
 
 from sphereembed import geometry, losses

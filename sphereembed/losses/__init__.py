@@ -8,6 +8,11 @@ One family per module, all re-exported here:
   :func:`siamese_cosine_bce`.
 * ``_centroids``: :func:`ncl` (N-Centroids Loss).
 * ``_self_supervised``: :func:`ntxent` (SimCLR / supervised contrastive).
+* ``_hedged``: :func:`match_probability`, :func:`vib_match_loss`,
+  :func:`self_mismatch`, :func:`kl_to_standard_normal` and the mixture
+  helpers of Hedged Instance Embeddings (stochastic embeddings).
+* ``_probabilistic``: :func:`vmf_nll`, :func:`gaussian_nll` (confidence
+  heads' likelihoods around the class centroids).
 
 Value checks that need concrete arrays are the ``validate_*`` helpers; losses
 run them automatically when called outside ``jit``.
@@ -15,20 +20,39 @@ run them automatically when called outside ``jit``.
 
 from sphereembed.losses._centroids import ncl
 from sphereembed.losses._common import validate_embeddings, validate_labels, validate_weights
+from sphereembed.losses._hedged import (
+    kl_mixture_to_standard_normal,
+    kl_to_standard_normal,
+    match_probability,
+    sample_mixture,
+    self_mismatch,
+    soft_contrastive_loss,
+    vib_match_loss,
+)
 from sphereembed.losses._pairs import contrastive, siamese_cosine_bce, siamese_l1_bce
+from sphereembed.losses._probabilistic import gaussian_nll, vmf_nll
 from sphereembed.losses._self_supervised import ntxent
 from sphereembed.losses._triplet import triplet_batch_all, triplet_batch_hard, triplet_semi_hard
 
 __all__ = [
     "contrastive",
+    "gaussian_nll",
+    "kl_mixture_to_standard_normal",
+    "kl_to_standard_normal",
+    "match_probability",
     "ncl",
     "ntxent",
+    "sample_mixture",
+    "self_mismatch",
     "siamese_cosine_bce",
     "siamese_l1_bce",
+    "soft_contrastive_loss",
     "triplet_batch_all",
     "triplet_batch_hard",
     "triplet_semi_hard",
     "validate_embeddings",
     "validate_labels",
     "validate_weights",
+    "vib_match_loss",
+    "vmf_nll",
 ]

@@ -10,6 +10,9 @@ import jax.numpy as jnp
 
 from sphereembed import geometry
 
+# The per-sample confidence outputs an EmbeddingHead can add.
+CONFIDENCE_HEADS = (None, "kappa", "sigma", "sigma_diagonal")
+
 
 class EmbeddingHead(nn.Module):
   """Dense projection to ``embedding_dim`` then L2 normalisation.
@@ -18,19 +21,44 @@ class EmbeddingHead(nn.Module):
   ``"logits"`` too; its logits are cosine similarities scaled by a learned
   temperature, so the classifier lives on the same sphere as the embedding.
 
+  With ``confidence`` set, a per-sample confidence comes from the same
+  features: ``"kappa"`` gives a von Mises-Fisher concentration
+  ``kappa_max * tanh(softplus(z) / kappa_max)`` (positive, close to the
+  softplus below ``kappa_max`` and smoothly bounded by it, so the gradient
+  never vanishes the way a hard clip's would); ``"sigma"`` an isotropic and
+  ``"sigma_diagonal"`` a per-axis ``"log_sigma"``, bounded below by
+  ``log_sigma_min`` the same smooth way (a zero residual would otherwise send
+  it to -inf).
+
   Attributes:
     embedding_dim: the embedding size ``D`` (2, 3, ..., 1024).
     num_classes: size of the optional classification head (``None``: none).
+    confidence: ``None``, ``"kappa"``, ``"sigma"`` or ``"sigma_diagonal"``.
+    kappa_max: the upper bound of ``kappa``.
+    log_sigma_min: the lower bound of ``log_sigma``.
   """
 
   embedding_dim: int
   num_classes: int | None = None
+  confidence: str | None = None
+  kappa_max: float = 1000.0
+  log_sigma_min: float = -7.0
 
   @nn.compact
   def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
+    if self.confidence not in CONFIDENCE_HEADS:
+      raise ValueError(f"confidence must be one of {CONFIDENCE_HEADS}, got {self.confidence!r}.")
     raw = nn.Dense(self.embedding_dim, name="projection")(features)
     embedding = geometry.l2_normalize(raw)
     outputs = {"embedding": embedding}
+    if self.confidence == "kappa":
+      z = nn.Dense(1, name="kappa")(features)[:, 0]
+      outputs["kappa"] = self.kappa_max * jnp.tanh(jax.nn.softplus(z) / self.kappa_max)
+    elif self.confidence is not None:
+      size = 1 if self.confidence == "sigma" else self.embedding_dim
+      z = nn.Dense(size, name="log_sigma")(features)
+      z = z[:, 0] if self.confidence == "sigma" else z
+      outputs["log_sigma"] = self.log_sigma_min + jax.nn.softplus(z - self.log_sigma_min)
     if self.num_classes is not None:
       weights = self.param("class_directions", nn.initializers.normal(1.0),
                            (self.num_classes, self.embedding_dim), embedding.dtype)
@@ -72,6 +100,8 @@ class SmallCNN(nn.Module):
     hidden: width of the dense layer before the head.
     dropout_rate: dropout before the head (0 disables it; > 0 also serves MC
       dropout at test time with ``deterministic=False``).
+    confidence: the head's per-sample confidence (see :class:`EmbeddingHead`).
+    kappa_max: the upper bound of a ``"kappa"`` confidence.
   """
 
   embedding_dim: int
@@ -81,6 +111,8 @@ class SmallCNN(nn.Module):
   downsample: str = "stride"
   hidden: int = 128
   dropout_rate: float = 0.0
+  confidence: str | None = None
+  kappa_max: float = 1000.0
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -102,4 +134,5 @@ class SmallCNN(nn.Module):
     x = nn.relu(nn.Dense(self.hidden)(x))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return EmbeddingHead(self.embedding_dim, self.num_classes, name="head")(x)
+    return EmbeddingHead(self.embedding_dim, self.num_classes, self.confidence, self.kappa_max,
+                         name="head")(x)

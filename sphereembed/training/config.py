@@ -31,11 +31,15 @@ def default_config() -> ml_collections.ConfigDict:
   config.download = False  # let TFDS download (machines with internet only)
   config.max_train_examples = 0  # 0 = all; small values for smoke runs
   config.max_test_examples = 0
+  # Held out from the training images (not trained on): temperature scaling.
+  config.validation_examples = 0
+  # Out-of-distribution test set for the confidence evaluation ("" = none).
+  config.ood_dataset = ""
   # Imbalance: keep this fraction of the listed classes' training samples.
   config.imbalanced_classes = ()
   config.imbalanced_fraction = 1.0
-  config.class_weighting = False
-  config.random_shift = 0  # augmentation: random translation by up to this many pixels  # inverse-frequency sample weights in the loss
+  config.class_weighting = False  # inverse-frequency sample weights in the loss
+  config.random_shift = 0  # augmentation: random translation by up to this many pixels
 
   # Batches: "shuffled" (batch_size) or "balanced" (P classes x K samples).
   config.sampler = "balanced"
@@ -61,6 +65,13 @@ def default_config() -> ml_collections.ConfigDict:
   config.negative_weight = 0.7
   config.negative_gate = 0.0
   config.classifier_weight = 0.0
+  # Per-sample confidence: "" (none), "vmf" (a kappa head trained by the vMF
+  # NLL around the class centroid), "gaussian" (an isotropic sigma head,
+  # Gaussian NLL) or "gaussian_diagonal" (one sigma per axis).
+  config.confidence = ""
+  config.confidence_weight = 1.0
+  config.confidence_embedding_gradient = True  # False: the NLL trains the head only
+  config.kappa_max = 1000.0
   # Centroid EMA: alpha = alpha_base * alpha_decay ** (step / alpha_every).
   config.alpha_base = 0.25
   config.alpha_decay = 0.65
@@ -92,12 +103,14 @@ _CHOICES = {
     "loss": ("ncl", "triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all",
              "contrastive", "softmax"),
     "metric": ("euclidean", "squared_euclidean", "cosine", "great_circle"),
+    "confidence": ("", "vmf", "gaussian", "gaussian_diagonal"),
+    "ood_dataset": ("", "mnist", "fashion_mnist", "mnist10k"),
 }
 _POSITIVE = ("kernel_size", "batch_size", "classes_per_batch", "samples_per_class", "embedding_dim", "hidden",
              "num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-             "eval_batch_size", "alpha_every")
-_NON_NEGATIVE = ("max_train_examples", "max_test_examples", "margin", "negative_weight",
-                 "negative_gate", "classifier_weight", "centroid_warmup_steps", "learning_rate",
+             "eval_batch_size", "alpha_every", "kappa_max")
+_NON_NEGATIVE = ("max_train_examples", "max_test_examples", "validation_examples", "margin", "negative_weight",
+                 "negative_gate", "classifier_weight", "confidence_weight", "centroid_warmup_steps", "learning_rate",
                  "warmup_steps", "weight_decay", "seed", "random_shift", "eval_every_steps", "dropout_rate")
 
 

@@ -26,6 +26,7 @@ from sphereembed import plotting
 from sphereembed.data import augment
 from sphereembed.models import SmallCNN
 from sphereembed.training import config as config_lib
+from sphereembed.training import confidence_eval
 from sphereembed.training import metric_writers
 from sphereembed.training.checkpoints import Checkpointer
 from sphereembed.training.state import TrainState, create_train_state, state_summary
@@ -43,6 +44,15 @@ def _prepare_data(config):
                                   tfds_data_dir=config.tfds_data_dir or None,
                                   download=config.download)
   train, test = dataset.train, dataset.test
+  validation = None
+  if config.validation_examples:
+    if config.validation_examples >= len(train):
+      raise ValueError(f"config.validation_examples = {config.validation_examples} leaves no "
+                       f"training images (the training set has {len(train)}).")
+    # A fixed permutation (not the run's seed): every seed holds out the same images.
+    order = np.random.default_rng(12345).permutation(len(train))
+    validation = _subset(train, np.sort(order[:config.validation_examples]))
+    train = _subset(train, np.sort(order[config.validation_examples:]))
   if config.imbalanced_classes and config.imbalanced_fraction < 1:
     keep = {int(c): config.imbalanced_fraction for c in config.imbalanced_classes}
     train = _subset(train, data_lib.subsample_classes(train.labels, keep, seed=config.seed))
@@ -52,7 +62,14 @@ def _prepare_data(config):
     train = _subset(train, np.sort(order[:config.max_train_examples]))
   if config.max_test_examples:
     test = _subset(test, np.arange(min(config.max_test_examples, len(test))))
-  return dataset, train, test
+  ood = None
+  if config.ood_dataset:
+    ood = data_lib.load_dataset(config.ood_dataset, config.data_dir or None,
+                                tfds_data_dir=config.tfds_data_dir or None,
+                                download=config.download).test
+    if config.max_test_examples:
+      ood = _subset(ood, np.arange(min(config.max_test_examples, len(ood))))
+  return dataset, train, test, validation, ood
 
 
 def _make_sampler(config, train: data_lib.Split):
@@ -72,7 +89,15 @@ def _loss_spec(config) -> LossSpec:
       alpha_base=config.alpha_base, alpha_decay=config.alpha_decay,
       alpha_every=config.alpha_every, centroid_warmup_steps=config.centroid_warmup_steps,
       negative_weight=config.negative_weight, negative_gate=config.negative_gate,
-      classifier_weight=config.classifier_weight)
+      classifier_weight=config.classifier_weight,
+      confidence="gaussian" if config.confidence.startswith("gaussian") else config.confidence,
+      confidence_weight=config.confidence_weight,
+      confidence_embedding_gradient=config.confidence_embedding_gradient)
+
+
+# The model head each config.confidence needs.
+_CONFIDENCE_HEADS = {"": None, "vmf": "kappa", "gaussian": "sigma",
+                     "gaussian_diagonal": "sigma_diagonal"}
 
 
 def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_circle",
@@ -89,8 +114,9 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
       losses that have no centroids of their own.
 
   Returns:
-    ``{"test_accuracy": ..., ...}`` plus the test embeddings and predictions
-    under ``"embeddings"`` and ``"predictions"`` (NumPy arrays).
+    ``{"test_accuracy": ..., ...}`` plus the test embeddings, predictions and
+    all model outputs under ``"embeddings"``, ``"predictions"`` and
+    ``"outputs"`` (NumPy arrays).
   """
   outputs = embed_dataset(state, test.images, batch_size)
   embeddings = outputs["embedding"]
@@ -105,7 +131,7 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
       # The mean of per-class accuracies: what an imbalanced training set hurts.
       "test_balanced_accuracy": float(np.mean(present)),
       "test_accuracy_per_class": per_class,
-      "embeddings": embeddings, "predictions": predictions}
+      "embeddings": embeddings, "predictions": predictions, "outputs": outputs}
   if "logits" in outputs:
     result["test_accuracy_classifier"] = float(
         np.mean(np.argmax(outputs["logits"], -1) == test.labels))
@@ -154,7 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   config = config_lib.validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   _check_resumable(config, workdir)
-  dataset, train, test = _prepare_data(config)
+  dataset, train, test, validation, ood = _prepare_data(config)
   num_classes = dataset.num_classes
   sampler = _make_sampler(config, train)
   num_train_steps = config.num_epochs * sampler.num_batches
@@ -168,7 +194,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   model = SmallCNN(config.embedding_dim, num_classes if config.classifier_head else None,
                    features=tuple(config.features), kernel_size=config.kernel_size,
                    downsample=config.downsample, hidden=config.hidden,
-                   dropout_rate=config.dropout_rate)
+                   dropout_rate=config.dropout_rate,
+                   confidence=_CONFIDENCE_HEADS[config.confidence], kappa_max=config.kappa_max)
   spec = _loss_spec(config)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), train.images[:1],
                              num_classes)
@@ -228,6 +255,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                       train=train)
     embeddings = result.pop("embeddings")
     result.pop("predictions")
+    test_outputs = result.pop("outputs")
+    if validation is not None or ood is not None or config.confidence:
+      result.update(confidence_eval.evaluate_confidence(
+          test_outputs, test.labels, np.asarray(state.centroids),
+          validation_outputs=(embed_dataset(state, validation.images, config.eval_batch_size)
+                              if validation is not None else None),
+          validation_labels=validation.labels if validation is not None else None,
+          ood_outputs=(embed_dataset(state, ood.images, config.eval_batch_size)
+                       if ood is not None else None)))
     writer.write_scalars(num_train_steps, {k: v for k, v in result.items()
                                            if isinstance(v, float)})
   finally:
@@ -255,6 +291,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
              f"test accuracy {100 * result['test_accuracy']:.2f}%")
     plotting.plot_embeddings(embeddings, test.labels, np.asarray(state.centroids),
                              os.path.join(workdir, "embeddings.png"), title=title)
+    if "kappa" in test_outputs and config.embedding_dim in (2, 3):
+      plotting.plot_embeddings_by_confidence(
+          embeddings, test_outputs["kappa"], labels=test.labels,
+          path=os.path.join(workdir, "embeddings_kappa.png"),
+          title="test embeddings coloured by kappa")
     plotting.plot_training_curves(records, os.path.join(workdir, "training_curves.png"),
                                   keys=("train_loss", "test_accuracy", "train_alpha"))
   logging.info("Final: %s", json.dumps({k: v for k, v in final.items() if k != "data_source"}))

@@ -19,6 +19,8 @@ LOSSES: tuple[str, ...] = (
     "ncl", "triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all", "contrastive",
     "softmax")
 
+CONFIDENCE_LOSSES: tuple[str, ...] = ("", "vmf", "gaussian")
+
 _METRIC_LOSSES: dict[str, Callable] = {
     "triplet_batch_hard": losses.triplet_batch_hard,
     "triplet_semi_hard": losses.triplet_semi_hard,
@@ -49,6 +51,13 @@ class LossSpec:
       below this (0: never).
     classifier_weight: weight of an extra softmax cross-entropy on the
       model's ``"logits"`` (the softmax loss uses it alone).
+    confidence: ``""`` (none), ``"vmf"`` (:func:`sphereembed.losses.vmf_nll`
+      on the model's ``"kappa"``) or ``"gaussian"``
+      (:func:`sphereembed.losses.gaussian_nll` on its ``"log_sigma"``), both
+      around the current class centroids.
+    confidence_weight: the weight of that negative log-likelihood.
+    confidence_embedding_gradient: whether the likelihood also shapes the
+      embedding (``False``: it trains the confidence head only).
   """
 
   name: str = "ncl"
@@ -61,14 +70,21 @@ class LossSpec:
   negative_weight: float = 1.0
   negative_gate: float = 0.0
   classifier_weight: float = 0.0
+  confidence: str = ""
+  confidence_weight: float = 1.0
+  confidence_embedding_gradient: bool = True
 
   def __post_init__(self):
     if self.name not in LOSSES:
       raise ValueError(f"Unknown loss {self.name!r}; expected one of {LOSSES}.")
     if self.metric not in geometry.METRICS:
       raise ValueError(f"Unknown metric {self.metric!r}; expected one of {geometry.METRICS}.")
-    if self.margin < 0 or self.classifier_weight < 0 or self.negative_gate < 0:
-      raise ValueError("margin, classifier_weight and negative_gate must be >= 0.")
+    if self.confidence not in CONFIDENCE_LOSSES:
+      raise ValueError(f"Unknown confidence {self.confidence!r}; expected one of "
+                       f"{CONFIDENCE_LOSSES}.")
+    if min(self.margin, self.classifier_weight, self.negative_gate, self.confidence_weight) < 0:
+      raise ValueError(
+          "margin, classifier_weight, negative_gate and confidence_weight must be >= 0.")
     if not (0 <= self.alpha_base <= 1 and 0 < self.alpha_decay <= 1 and self.alpha_every > 0):
       raise ValueError(
           "the EMA schedule needs 0 <= alpha_base <= 1, 0 < alpha_decay <= 1, alpha_every > 0; "
@@ -90,6 +106,16 @@ def _loss_terms(spec: LossSpec, outputs, labels, centroids, alpha, weights):
   elif spec.name in _METRIC_LOSSES:
     terms[spec.name] = _METRIC_LOSSES[spec.name](
         embeddings, labels, margin=spec.margin, metric=spec.metric, weights=weights)
+  if spec.confidence:
+    own_centroids = centroids.astype(embeddings.dtype)
+    if spec.confidence == "vmf":
+      nll = losses.vmf_nll(embeddings, outputs["kappa"], labels, own_centroids,
+                           embedding_gradient=spec.confidence_embedding_gradient, weights=weights)
+    else:
+      nll = losses.gaussian_nll(embeddings, outputs["log_sigma"], labels, own_centroids,
+                                embedding_gradient=spec.confidence_embedding_gradient,
+                                weights=weights)
+    terms[f"{spec.confidence}_nll"] = spec.confidence_weight * nll
   if spec.needs_logits:
     factor = 1.0 if spec.name == "softmax" else spec.classifier_weight
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels)
@@ -126,10 +152,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: LossSpec = 
     outputs = state.apply_fn({"params": params}, batch["image"], train=True,
                              rngs={"dropout": dropout_key})
     terms = _loss_terms(spec, outputs, labels, state.centroids, alpha, batch.get("weight"))
-    return sum(terms.values()), (terms, outputs["embedding"])
+    return sum(terms.values()), (terms, outputs)
 
-  (loss, (terms, embeddings)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (terms, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
+  embeddings = outputs["embedding"]
   # Every loss keeps centroids, so that all are evaluated by nearest centroid.
   new_centroids = centroids_lib.update_centroids(
       state.centroids, jax.lax.stop_gradient(embeddings).astype(state.centroids.dtype), labels,
@@ -138,6 +165,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: LossSpec = 
   metrics = {"loss": loss, "alpha": alpha, "grad_norm": optax.tree.norm(grads),
              "embedding_norm": jnp.mean(jnp.linalg.norm(embeddings, axis=-1))}
   metrics.update({f"loss_{name}": value for name, value in terms.items()})
+  if "kappa" in outputs:
+    metrics["kappa_mean"] = jnp.mean(outputs["kappa"])
+  if "log_sigma" in outputs:
+    metrics["sigma_mean"] = jnp.mean(jnp.exp(outputs["log_sigma"]))
   return new_state, metrics
 
 

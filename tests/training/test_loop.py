@@ -141,3 +141,35 @@ def test_validate_config_fills_defaults_and_locks():
   assert config.classifier_head and config.embedding_dim == 2
   with pytest.raises(AttributeError):
     config.new_field = 1
+
+
+@pytest.mark.parametrize("confidence,head_key", [("vmf", "kappa"), ("gaussian", "sigma")])
+def test_confidence_run_reports_calibration_and_ood(tmp_path, confidence, head_key):
+  root = tmp_path / "data"
+  write_fake_mnist(root / "mnist")
+  write_fake_mnist(root / "fashion-mnist", seed=1)
+  config = small_config(str(root), confidence=confidence, validation_examples=40,
+                        ood_dataset="fashion_mnist", tensorboard=False, classifier_head=True,
+                        classifier_weight=1.0)
+  metrics = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  for score in ("centroid", head_key, "softmax"):
+    for key in ("accuracy", "accuracy_at_80", "probabilities/ece", "probabilities/brier",
+                "calibrated/ece", "temperature", "ood_auroc", "ood_auprc", "calibrated/ood_auroc"):
+      value = metrics[f"{score}/{key}"]
+      assert np.isfinite(value), (score, key)
+    assert 0 <= metrics[f"{score}/calibrated/ece"] <= 1
+    assert 0 <= metrics[f"{score}/ood_auroc"] <= 1
+  # Every score but the classifier's predicts the nearest centroid.
+  assert metrics[f"{head_key}/accuracy"] == metrics["centroid/accuracy"] == metrics["test_accuracy"]
+  if confidence == "vmf":
+    assert os.path.getsize(tmp_path / "run" / "embeddings_kappa.png") > 0
+
+
+def test_validation_split_is_held_out(fake_dir):
+  config = config_lib.validate_config(small_config(fake_dir, validation_examples=40))
+  _, train, _, validation, _ = loop._prepare_data(config)
+  assert len(validation) == 40 and len(train) == 200
+  train_rows = {row.tobytes() for row in train.images}
+  assert not any(row.tobytes() in train_rows for row in validation.images)
+  with pytest.raises(ValueError, match="leaves no training images"):
+    loop._prepare_data(config_lib.validate_config(small_config(fake_dir, validation_examples=240)))

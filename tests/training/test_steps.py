@@ -111,3 +111,47 @@ def test_state_is_a_pytree_with_static_functions():
   leaves = jax.tree_util.tree_leaves(state)
   assert all(hasattr(x, "shape") for x in leaves)
   assert state.centroids.shape == (4, 8)
+
+
+@pytest.mark.parametrize("confidence,head", [("vmf", "kappa"), ("gaussian", "sigma"),
+                                             ("gaussian", "sigma_diagonal")])
+def test_confidence_heads_train_with_their_likelihood(confidence, head):
+  batch = _problem()
+  model = SmallCNN(8, None, features=(4, 8), hidden=16, confidence=head, kappa_max=50.0)
+  state = create_train_state(model, optax.adam(3e-3), jax.random.PRNGKey(0),
+                             jnp.zeros((1, 28, 28, 1), jnp.uint8), 4)
+  outputs = state.apply_fn({"params": state.params}, batch["image"])
+  key = "kappa" if head == "kappa" else "log_sigma"
+  assert outputs[key].shape == ((32, 8) if head == "sigma_diagonal" else (32,))
+  spec = LossSpec(confidence=confidence, confidence_embedding_gradient=False)
+  name = f"loss_{confidence}_nll"
+  first = None
+  for _ in range(30):
+    state, metrics = train_step(state, batch, spec)
+    first = float(metrics[name]) if first is None else first
+  assert float(metrics[name]) < first - 0.05 * abs(first), (first, float(metrics[name]))
+  if head == "kappa":
+    assert 0.0 < float(metrics["kappa_mean"]) <= 50.0
+
+
+def test_confidence_embedding_gradient_switch():
+  batch = _problem()
+  model = SmallCNN(8, None, features=(4, 8), hidden=16, confidence="kappa")
+  state = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0),
+                             jnp.zeros((1, 28, 28, 1), jnp.uint8), 4)
+
+  def projection_after(spec):
+    new_state, _ = train_step(jax.tree_util.tree_map(jnp.copy, state), batch, spec)
+    return new_state.params["head"]
+
+  plain = projection_after(LossSpec())
+  frozen = projection_after(LossSpec(confidence="vmf", confidence_embedding_gradient=False))
+  joint = projection_after(LossSpec(confidence="vmf"))
+  # Frozen: the embedding moves exactly as under NCL alone; the kappa head learns.
+  np.testing.assert_array_equal(frozen["projection"]["kernel"], plain["projection"]["kernel"])
+  assert not np.array_equal(frozen["kappa"]["kernel"], state.params["head"]["kappa"]["kernel"])
+  assert not np.allclose(joint["projection"]["kernel"], plain["projection"]["kernel"])
+  with pytest.raises(ValueError, match="confidence"):
+    LossSpec(confidence="beta")
+  with pytest.raises(ValueError, match="confidence must be one of"):
+    SmallCNN(8, confidence="bogus").init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))

@@ -1,0 +1,127 @@
+"""Confidence evaluation of a trained model: calibration, selective accuracy and OOD detection.
+
+Every confidence score the model can give is evaluated the same way
+(:mod:`sphereembed.evaluation`):
+
+* ``centroid``: the cosine to the nearest centroid; class probabilities
+  ``softmax(cos / T)``.
+* ``kappa`` (vMF heads): the concentration; class probabilities are the vMF
+  posterior ``softmax(kappa(x) cos)`` (:mod:`sphereembed.confidence`).
+* ``sigma`` (Gaussian heads): the predicted scale; class probabilities
+  ``softmax(-||x - c_k||^2 / (2 sigma^2))``, the Gaussian posterior.
+* ``softmax`` (classifier heads): the classifier's probabilities.
+
+For each score: ``{score}/accuracy_at_{p}`` ranks the test samples by the
+score itself (the most certain ``p`` percent), ``{score}/ood_*`` detects the
+out-of-distribution set by the same score, and ``{score}/probabilities/*``
+and ``{score}/calibrated/*`` give ECE, Brier and the rest for the class
+probabilities, raw and after temperature scaling fitted on a held-out
+validation split (``{score}/temperature``). Predictions are the argmax of the
+class probabilities, i.e. the nearest centroid for all but ``softmax``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from sphereembed import confidence as confidence_lib
+from sphereembed.evaluation import calibration
+from sphereembed.evaluation.evaluators import CalibrationEvaluator, OODEvaluator
+
+__all__ = ["confidence_scores", "evaluate_confidence"]
+
+
+def confidence_scores(outputs: dict[str, Any], centroids) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Per score name: ``(logits (N, K), uncertainty (N,))``, larger uncertainty = less sure.
+
+  Args:
+    outputs: the model's outputs on a set of images (NumPy arrays):
+      ``"embedding"`` and optionally ``"kappa"``, ``"log_sigma"``, ``"logits"``.
+    centroids: ``(K, D)`` unit class centroids.
+  """
+  embeddings = np.asarray(outputs["embedding"], np.float64)
+  centroids = np.asarray(centroids, np.float64)
+  cosine = embeddings @ centroids.T
+  scores = {"centroid": (cosine, -cosine.max(axis=1))}
+  if "kappa" in outputs:
+    kappa = np.asarray(outputs["kappa"], np.float64)
+    logits = np.asarray(confidence_lib.vmf_class_log_posterior(embeddings, centroids, kappa))
+    scores["kappa"] = (logits, -kappa)
+  if "log_sigma" in outputs:
+    log_sigma = np.asarray(outputs["log_sigma"], np.float64)
+    squared = np.sum(np.square(embeddings[:, None, :] - centroids[None, :, :]), axis=-1)
+    if log_sigma.ndim == 1:
+      logits = -squared * np.exp(-2 * log_sigma)[:, None] / 2
+    else:
+      residual = embeddings[:, None, :] - centroids[None, :, :]
+      logits = -np.sum(np.square(residual) * np.exp(-2 * log_sigma)[:, None, :], axis=-1) / 2
+      log_sigma = log_sigma.mean(axis=1)
+    scores["sigma"] = (logits, log_sigma)
+  if "logits" in outputs:
+    logits = np.asarray(outputs["logits"], np.float64)
+    probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
+    scores["softmax"] = (logits, -probabilities.max(axis=1))
+  return scores
+
+
+def _order_confidence(uncertainty: np.ndarray) -> np.ndarray:
+  """A confidence in [0, 1] with the order of ``-uncertainty`` (ties kept)."""
+  _, rank = np.unique(-uncertainty, return_inverse=True)
+  return rank.astype(np.float64) / max(int(rank.max()), 1)
+
+
+def evaluate_confidence(test_outputs, test_labels, centroids, *, validation_outputs=None,
+                        validation_labels=None, ood_outputs=None, num_bins: int = 15,
+                        coverages=(0.8,)) -> dict[str, float]:
+  """Calibration, accuracy at coverage and OOD detection for every score of the model.
+
+  Args:
+    test_outputs: the model's outputs on the in-distribution test set.
+    test_labels: ``(N,)`` int labels of the test set.
+    centroids: ``(K, D)`` class centroids.
+    validation_outputs, validation_labels: a held-out split for temperature
+      scaling (no ``calibrated`` keys without it).
+    ood_outputs: outputs on an out-of-distribution set (no ``ood`` keys
+      without it).
+    num_bins: ECE bins.
+    coverages: the accuracy-at-coverage fractions.
+
+  Returns:
+    A flat dict of floats, keys ``{score}/...`` (see the module docstring).
+  """
+  test_labels = np.asarray(test_labels)
+  test_scores = confidence_scores(test_outputs, centroids)
+  validation_scores = (confidence_scores(validation_outputs, centroids)
+                       if validation_outputs is not None else None)
+  ood_scores = confidence_scores(ood_outputs, centroids) if ood_outputs is not None else None
+  results: dict[str, float] = {}
+
+  def calibrated_metrics(prefix):
+    return CalibrationEvaluator(num_bins=num_bins, coverages=coverages, prefix=prefix)
+
+  for name, (logits, uncertainty) in test_scores.items():
+    correct = np.argmax(logits, axis=1) == test_labels
+    results[f"{name}/accuracy"] = float(np.mean(correct))
+    for coverage in coverages:
+      key = f"{name}/accuracy_at_{round(100 * coverage):d}"
+      results[key] = calibration.accuracy_at_coverage(_order_confidence(uncertainty), correct,
+                                                      coverage)
+    probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
+    results.update(calibrated_metrics(f"{name}/probabilities/").run(
+        probabilities=probabilities, labels=test_labels))
+    if ood_scores is not None:
+      results.update(OODEvaluator(prefix=f"{name}/ood_").run(uncertainty, ood_scores[name][1]))
+    if validation_scores is not None:
+      temperature = confidence_lib.fit_temperature(validation_scores[name][0], validation_labels)
+      results[f"{name}/temperature"] = temperature
+      calibrated = np.asarray(jax.nn.softmax(logits / temperature, axis=-1))
+      results.update(calibrated_metrics(f"{name}/calibrated/").run(
+          probabilities=calibrated, labels=test_labels))
+      if ood_scores is not None:
+        ood_calibrated = np.asarray(jax.nn.softmax(ood_scores[name][0] / temperature, axis=-1))
+        results.update(OODEvaluator(prefix=f"{name}/calibrated/ood_").run(
+            -calibrated.max(axis=1), -ood_calibrated.max(axis=1)))
+  return results
