@@ -64,7 +64,7 @@ class EmbeddingHead(nn.Module):
                            (self.num_classes, self.embedding_dim), embedding.dtype)
       # Cosine logits with a learned scale (initialised at 10, kept positive):
       # plain dot products with unit vectors are too flat for softmax to fit.
-      log_scale = self.param("log_scale", nn.initializers.constant(jnp.log(10.0)), ())
+      log_scale = self.param("log_scale", nn.initializers.constant(jnp.log(10.0)), (), jnp.float32)
       cosine = embedding @ geometry.l2_normalize(weights).T
       outputs["logits"] = jnp.exp(log_scale) * cosine
     return outputs
