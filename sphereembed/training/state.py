@@ -23,10 +23,20 @@ class TrainState(train_state.TrainState):
     centroids: ``(K, D)`` unit class centroids moved by an EMA
       (:func:`sphereembed.centroids.update_centroids`).
     rng: a raw ``uint32[2]`` PRNG key, split once per step (dropout, sampling).
+    batch_stats: the model's batch-norm running statistics (``{}`` for models
+      without batch norm), updated by every train step.
   """
 
   centroids: jax.Array
   rng: jax.Array
+  batch_stats: Any = None
+
+  def variables(self, params=None) -> dict[str, Any]:
+    """The ``variables`` dict for ``apply_fn``: params, plus batch statistics if any."""
+    variables = {"params": self.params if params is None else params}
+    if self.batch_stats:
+      variables["batch_stats"] = self.batch_stats
+    return variables
 
 
 def create_train_state(
@@ -47,18 +57,19 @@ def create_train_state(
   """
   params_key, centroid_key, state_key = jax.random.split(key, 3)
   variables = model.init({"params": params_key}, sample_input, train=False)
-  if set(variables) != {"params"}:
-    raise ValueError(
-        f"models with mutable collections {sorted(set(variables) - {'params'})} need a "
-        "train state that carries them; this one carries params only.")
+  unknown = set(variables) - {"params", "batch_stats"}
+  if unknown:
+    raise ValueError(f"models with mutable collections {sorted(unknown)} need a train state "
+                     "that carries them; this one carries params and batch_stats.")
   params = variables["params"]
-  dim = jax.eval_shape(lambda p: model.apply({"params": p}, sample_input), params)["embedding"].shape[-1]
+  dim = jax.eval_shape(lambda v: model.apply(v, sample_input), variables)["embedding"].shape[-1]
   return TrainState.create(
       apply_fn=model.apply,
       params=params,
       tx=tx,
       centroids=centroids_lib.init_centroids(centroid_key, num_classes, dim, jnp.float32),
       rng=state_key,
+      batch_stats=variables.get("batch_stats", {}),
   ).replace(step=jnp.zeros((), jnp.int32))  # an array leaf, like every other field
 
 

@@ -149,13 +149,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: LossSpec = 
       centroids_lib.ema_alpha(state.step, spec.alpha_base, spec.alpha_decay, spec.alpha_every))
 
   def loss_fn(params):
-    outputs = state.apply_fn({"params": params}, batch["image"], train=True,
-                             rngs={"dropout": dropout_key})
+    variables = state.variables(params)
+    if state.batch_stats:
+      # Batch norm: batch statistics in training mode, running averages updated.
+      outputs, updates = state.apply_fn(variables, batch["image"], train=True,
+                                        rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+      batch_stats = updates["batch_stats"]
+    else:
+      outputs = state.apply_fn(variables, batch["image"], train=True, rngs={"dropout": dropout_key})
+      batch_stats = state.batch_stats
     terms = _loss_terms(spec, outputs, labels, state.centroids, alpha, batch.get("weight"))
-    return sum(terms.values()), (terms, outputs)
+    return sum(terms.values()), (terms, outputs, batch_stats)
 
-  (loss, (terms, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads)
+  (loss, (terms, outputs, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
   embeddings = outputs["embedding"]
   # Every loss keeps centroids, so that all are evaluated by nearest centroid.
   new_centroids = centroids_lib.update_centroids(
@@ -175,7 +183,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: LossSpec = 
 @jax.jit
 def embed_step(state: TrainState, images: jax.Array) -> dict[str, jax.Array]:
   """The model's outputs (``"embedding"``, maybe ``"logits"``) in eval mode."""
-  return state.apply_fn({"params": state.params}, images, train=False)
+  return state.apply_fn(state.variables(), images, train=False)
 
 
 def embed_dataset(state: TrainState, images, batch_size: int = 1000) -> dict[str, jax.Array]:

@@ -155,3 +155,32 @@ def test_confidence_embedding_gradient_switch():
     LossSpec(confidence="beta")
   with pytest.raises(ValueError, match="confidence must be one of"):
     SmallCNN(8, confidence="bogus").init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def test_batch_norm_statistics_are_threaded_and_checkpointed(tmp_path):
+  from sphereembed.models.resnet import CifarResNet
+  from sphereembed.training.checkpoints import Checkpointer
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(4), 4).astype(np.int32)
+  images = rng.integers(0, 255, size=(16, 32, 32, 3)).astype(np.uint8)
+  model = CifarResNet(8, stage_sizes=(1, 1), width=0.125)
+  state = create_train_state(model, optax.adam(1e-3), jax.random.PRNGKey(0), images[:1], 4)
+  before = jax.tree_util.tree_map(np.asarray, state.batch_stats)
+  assert before and set(state.variables()) == {"params", "batch_stats"}
+  state, metrics = train_step(state, {"image": images, "label": labels}, LossSpec())
+  assert np.isfinite(float(metrics["loss"]))
+  changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, np.asarray(b)), before,
+                                   state.batch_stats)
+  assert all(jax.tree_util.tree_leaves(changed))
+  # Evaluation uses the running statistics: one image alone embeds as in a batch.
+  single = embed_dataset(state, images[:1], batch_size=1)["embedding"]
+  batched = embed_dataset(state, images, batch_size=16)["embedding"]
+  np.testing.assert_allclose(single[0], batched[0], atol=1e-5)
+  checkpointer = Checkpointer(str(tmp_path / "ckpt"))
+  checkpointer.save(1, state)
+  checkpointer.close()
+  fresh = create_train_state(model, optax.adam(1e-3), jax.random.PRNGKey(1), images[:1], 4)
+  restored = Checkpointer(str(tmp_path / "ckpt")).restore_or_keep(fresh)
+  for a, b in zip(jax.tree_util.tree_leaves(restored.batch_stats),
+                  jax.tree_util.tree_leaves(state.batch_stats)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
