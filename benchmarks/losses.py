@@ -561,9 +561,11 @@ def _git_commit() -> str:
     # --no-optional-locks: never take the index lock (others share the checkout).
     dirty = subprocess.run(
         ["git", "--no-optional-locks", "status", "--porcelain", "--", "sphereembed"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    if dirty:
-      files = [l[3:] for l in dirty.splitlines()]
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    # Porcelain lines are "XY path": no strip() before slicing, or the first
+    # line's leading status blank goes and its path loses a letter.
+    files = [line[3:] for line in dirty.splitlines() if line.strip()]
+    if files:
       return f"{head} + uncommitted changes in {', '.join(files)}"
     return head
   except (OSError, subprocess.CalledProcessError):
