@@ -126,3 +126,12 @@ def test_bad_input_reaches_the_metrics():
     evaluators.SparsificationEvaluator().run([np.nan], [1])
   with pytest.raises(NotImplementedError):
     evaluators.Evaluator().run()
+
+
+def test_binding_names_are_exported_from_the_package():
+  import sphereembed.evaluation as evaluation
+  for name in ("retrieval_metrics", "expected_calibration_error", "brier_score",
+               "accuracy_at_coverage", "ood_auroc", "ood_auprc", "sparsification_curve", "ausc",
+               "verification_ap", "calibrate_threshold"):
+    assert callable(getattr(evaluation, name)), name
+  assert set(evaluation.__all__) <= set(dir(evaluation))
