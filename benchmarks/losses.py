@@ -554,7 +554,7 @@ def run_worker(framework: str, cfg: dict, timeout_s: float, rss_kill_bytes: int)
   return result
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
   try:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                           text=True, check=True).stdout.strip()
@@ -570,6 +570,31 @@ def _git_commit() -> str:
     return head
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
+
+
+def replace_marked_section(path: str, section: str, begin_marker: str, end_marker: str) -> None:
+  """Writes ``section`` into ``path`` between ``begin_marker`` and ``end_marker``.
+
+  An existing marked section is replaced, otherwise the section is appended;
+  the rest of the file (the other benchmarks' sections) is kept. The file is
+  read right before writing and replaced atomically, since several
+  benchmarks write their own sections of the same RESULTS.md.
+  """
+  old = ""
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+  begin, end = old.find(begin_marker), old.find(end_marker)
+  if begin >= 0 and end > begin:
+    new = old[:begin] + section.rstrip("\n") + old[end + len(end_marker):]
+    if not new.endswith("\n"):
+      new += "\n"
+  else:
+    new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + section
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(new)
+  os.replace(tmp, path)
 
 
 def _version(dist: str) -> str:
@@ -610,7 +635,7 @@ def machine_info(threads: int) -> dict:
       "numpy": _version("numpy"),
       "torch": _version("torch"),
       "pytorch-metric-learning": _version("pytorch-metric-learning"),
-      "sphereembed": _git_commit(),
+      "sphereembed": git_commit(),
   }
 
 

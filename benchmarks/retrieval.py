@@ -84,19 +84,6 @@ SECTION_BEGIN = "<!-- retrieval-benchmark -->"
 SECTION_END = "<!-- /retrieval-benchmark -->"
 
 
-def _git_commit() -> str:
-  """HEAD, plus the files of sphereembed/ that differ from it (as the loss benchmark reports)."""
-  try:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()
-    # --no-optional-locks: never take the index lock (others share the checkout).
-    status = subprocess.run(
-        ["git", "--no-optional-locks", "status", "--porcelain", "--", "sphereembed"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-  files = [line[3:] for line in status.splitlines() if line.strip()]  # "XY path"
-  return f"{head} + uncommitted changes in {', '.join(files)}" if files else head
 
 
 # ---------------------------------------------------------------------------
@@ -520,27 +507,6 @@ def section_text(rows, info, data_info, args, command, started, finished, skippe
   return "\n".join(lines) + "\n"
 
 
-def replace_section(path: str, section: str) -> None:
-  """Writes ``section`` into ``path`` between the retrieval-benchmark markers.
-
-  An existing marked section is replaced; otherwise the section is appended.
-  Everything else in the file (the other benchmarks) is kept.
-  """
-  old = ""
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-  begin, end = old.find(SECTION_BEGIN), old.find(SECTION_END)
-  if begin >= 0 and end > begin:
-    new = old[:begin] + section.rstrip("\n") + old[end + len(SECTION_END):]
-    if not new.endswith("\n"):
-      new += "\n"
-  else:
-    new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + section
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(new)
-  os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------
@@ -606,7 +572,7 @@ def main(argv=None) -> int:
       frameworks.remove(framework)
 
   info = _lb.machine_info(args.threads)
-  info["sphereembed"] = _git_commit()
+  info["sphereembed"] = _lb.git_commit()
   for dist in ("faiss-cpu", "scikit-learn"):
     info[dist] = _lb._version(dist)
   info["loadavg_start"] = os.getloadavg()
@@ -660,8 +626,8 @@ def main(argv=None) -> int:
       print(f"# {row['framework']} metrics: "
             + ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items()))
   if output:
-    replace_section(output, section_text(rows, info, data_info, args, command, started, finished,
-                                         skipped))
+    section = section_text(rows, info, data_info, args, command, started, finished, skipped)
+    _lb.replace_marked_section(output, section, SECTION_BEGIN, SECTION_END)
     print(f"# section written to {args.output}", flush=True)
   for row in rows:
     if not _ok(row) and row.get("traceback"):

@@ -591,27 +591,6 @@ def section_text(rows, info, data_info, args, command, started, finished, skippe
   return "\n".join(lines) + "\n"
 
 
-def replace_section(path: str, section: str) -> None:
-  """Writes ``section`` into ``path`` between the train-benchmark markers.
-
-  An existing marked section is replaced; otherwise the section is appended.
-  Everything else in the file (the loss benchmark) is kept.
-  """
-  old = ""
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-  begin, end = old.find(SECTION_BEGIN), old.find(SECTION_END)
-  if begin >= 0 and end > begin:
-    new = old[:begin] + section.rstrip("\n") + old[end + len(SECTION_END):]
-    if not new.endswith("\n"):
-      new += "\n"
-  else:
-    new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + section
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(new)
-  os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------
@@ -736,7 +715,7 @@ def main(argv=None) -> int:
   print(floor_text(rows, FLOOR))
   print(value_check_text(rows))
   if output:
-    replace_section(output, section)
+    _lb.replace_marked_section(output, section, SECTION_BEGIN, SECTION_END)
     print(f"# section written to {args.output}", flush=True)
   for row in rows:
     if row.get("status") != "ok" and row.get("traceback"):

@@ -407,27 +407,6 @@ def section_text(rows, info, args, command, started, finished) -> str:
   return "\n".join(lines) + "\n"
 
 
-def replace_section(path: str, section: str) -> None:
-  """Writes ``section`` between the vmf-benchmark markers of ``path`` (appended if absent).
-
-  The file is read again right before writing and only this section changes:
-  other benchmarks write their own marked sections of the same file.
-  """
-  old = ""
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-  begin, end = old.find(SECTION_BEGIN), old.find(SECTION_END)
-  if begin >= 0 and end > begin:
-    new = old[:begin] + section.rstrip("\n") + old[end + len(SECTION_END):]
-    if not new.endswith("\n"):
-      new += "\n"
-  else:
-    new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + section
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(new)
-  os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------
@@ -518,7 +497,8 @@ def main(argv=None) -> int:
   print(floor_text(rows))
   if args.output:
     output = args.output if os.path.isabs(args.output) else os.path.join(REPO_ROOT, args.output)
-    replace_section(output, section_text(rows, info, args, command, started, finished))
+    section = section_text(rows, info, args, command, started, finished)
+    _lb.replace_marked_section(output, section, SECTION_BEGIN, SECTION_END)
     print(f"# section written to {args.output}", flush=True)
   print(f"# raw results: {os.path.relpath(raw_path, REPO_ROOT)}", flush=True)
   return 0 if all(r.get("status") == "ok" for r in rows) else 1

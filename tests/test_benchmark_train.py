@@ -43,8 +43,9 @@ def test_section_is_replaced_not_appended(tmp_path):
   results = tmp_path / "RESULTS.md"
   results.write_text("# Loss benchmark\n\nkept as is\n")
   for run in ("first", "second"):
-    train.replace_section(str(results),
-                          f"{train.SECTION_BEGIN}\n{run} run\n{train.SECTION_END}\n")
+    train._lb.replace_marked_section(
+        str(results), f"{train.SECTION_BEGIN}\n{run} run\n{train.SECTION_END}\n",
+        train.SECTION_BEGIN, train.SECTION_END)
   text = results.read_text()
   assert text.startswith("# Loss benchmark\n\nkept as is\n")
   assert text.count(train.SECTION_BEGIN) == 1 and text.count(train.SECTION_END) == 1

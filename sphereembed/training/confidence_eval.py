@@ -52,12 +52,11 @@ def confidence_scores(outputs: dict[str, Any], centroids) -> dict[str, tuple[np.
     scores["kappa"] = (logits, -kappa)
   if "log_sigma" in outputs:
     log_sigma = np.asarray(outputs["log_sigma"], np.float64)
-    squared = np.sum(np.square(embeddings[:, None, :] - centroids[None, :, :]), axis=-1)
-    if log_sigma.ndim == 1:
-      logits = -squared * np.exp(-2 * log_sigma)[:, None] / 2
-    else:
-      residual = embeddings[:, None, :] - centroids[None, :, :]
-      logits = -np.sum(np.square(residual) * np.exp(-2 * log_sigma)[:, None, :], axis=-1) / 2
+    # Per-axis precisions (an isotropic sigma broadcast over the axes).
+    precision = np.exp(-2 * (log_sigma if log_sigma.ndim == 2 else log_sigma[:, None]))
+    squared = np.square(embeddings[:, None, :] - centroids[None, :, :])
+    logits = -np.sum(squared * precision[:, None, :], axis=-1) / 2
+    if log_sigma.ndim == 2:
       log_sigma = log_sigma.mean(axis=1)
     scores["sigma"] = (logits, log_sigma)
   if "logits" in outputs:
