@@ -30,12 +30,19 @@ class EmbeddingHead(nn.Module):
   ``log_sigma_min`` the same smooth way (a zero residual would otherwise send
   it to -inf).
 
+  With ``confidence_feature_gradient=False`` the confidence head reads the
+  features through ``stop_gradient``: its loss trains the head only, not the
+  shared trunk. A vMF NLL in high dimension has gradients far larger than the
+  embedding loss's (its normaliser grows with ``D``) and can otherwise pull
+  the trunk away from the embedding task.
+
   Attributes:
     embedding_dim: the embedding size ``D`` (2, 3, ..., 1024).
     num_classes: size of the optional classification head (``None``: none).
     confidence: ``None``, ``"kappa"``, ``"sigma"`` or ``"sigma_diagonal"``.
     kappa_max: the upper bound of ``kappa``.
     log_sigma_min: the lower bound of ``log_sigma``.
+    confidence_feature_gradient: whether the confidence loss trains the trunk.
   """
 
   embedding_dim: int
@@ -43,6 +50,7 @@ class EmbeddingHead(nn.Module):
   confidence: str | None = None
   kappa_max: float = 1000.0
   log_sigma_min: float = -7.0
+  confidence_feature_gradient: bool = True
 
   @nn.compact
   def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
@@ -51,12 +59,14 @@ class EmbeddingHead(nn.Module):
     raw = nn.Dense(self.embedding_dim, name="projection")(features)
     embedding = geometry.l2_normalize(raw)
     outputs = {"embedding": embedding}
+    confidence_features = (features if self.confidence_feature_gradient
+                           else jax.lax.stop_gradient(features))
     if self.confidence == "kappa":
-      z = nn.Dense(1, name="kappa")(features)[:, 0]
+      z = nn.Dense(1, name="kappa")(confidence_features)[:, 0]
       outputs["kappa"] = self.kappa_max * jnp.tanh(jax.nn.softplus(z) / self.kappa_max)
     elif self.confidence is not None:
       size = 1 if self.confidence == "sigma" else self.embedding_dim
-      z = nn.Dense(size, name="log_sigma")(features)
+      z = nn.Dense(size, name="log_sigma")(confidence_features)
       z = z[:, 0] if self.confidence == "sigma" else z
       outputs["log_sigma"] = self.log_sigma_min + jax.nn.softplus(z - self.log_sigma_min)
     if self.num_classes is not None:
@@ -102,6 +112,8 @@ class SmallCNN(nn.Module):
       dropout at test time with ``deterministic=False``).
     confidence: the head's per-sample confidence (see :class:`EmbeddingHead`).
     kappa_max: the upper bound of a ``"kappa"`` confidence.
+    confidence_feature_gradient: whether the confidence loss trains the trunk
+      (see :class:`EmbeddingHead`).
   """
 
   embedding_dim: int
@@ -113,6 +125,7 @@ class SmallCNN(nn.Module):
   dropout_rate: float = 0.0
   confidence: str | None = None
   kappa_max: float = 1000.0
+  confidence_feature_gradient: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -135,4 +148,5 @@ class SmallCNN(nn.Module):
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return EmbeddingHead(self.embedding_dim, self.num_classes, self.confidence, self.kappa_max,
+                         confidence_feature_gradient=self.confidence_feature_gradient,
                          name="head")(x)

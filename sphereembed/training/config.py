@@ -17,14 +17,19 @@ __all__ = ["RESUME_SAFE_FIELDS", "default_config", "validate_config"]
 RESUME_SAFE_FIELDS = frozenset({
     "data_dir", "tfds_data_dir", "download", "log_every_steps", "eval_every_steps",
     "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "tensorboard", "figures",
+    # The same computation on another device count (up to float rounding), or
+    # another prefetch depth (the same batches): e.g. resuming on another machine.
+    "num_devices", "prefetch_batches",
 })
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every field of an MNIST-family experiment, with its default."""
+  """Every field of an experiment (MNIST family and CIFAR), with its default."""
   config = ml_collections.ConfigDict()
 
-  # Data: "mnist", "fashion_mnist", "mnist10k" (local IDX folders) or TFDS.
+  # Data: "mnist", "fashion_mnist", "mnist10k" (local IDX folders) or TFDS;
+  # "cifar10", "cifar100" (the canonical python-pickle folders or archives,
+  # sphereembed.data.cifar.load_cifar, or TFDS).
   config.dataset = "mnist"
   config.data_dir = ""  # "" -> $SPHEREEMBED_DATA_DIR, then ../shared/data, then TFDS.
   config.tfds_data_dir = ""
@@ -40,6 +45,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.imbalanced_fraction = 1.0
   config.class_weighting = False  # inverse-frequency sample weights in the loss
   config.random_shift = 0  # augmentation: random translation by up to this many pixels
+  # Augmentation "crop_flip": CIFAR's random 32x32 crop of the image padded by
+  # 4 pixels plus a random horizontal flip (sphereembed.data.cifar.augment_batch).
+  config.augment = "none"
+  config.prefetch_batches = 2  # batches prepared (and put on the devices) ahead of the step
 
   # Batches: "shuffled" (batch_size) or "balanced" (P classes x K samples).
   config.sampler = "balanced"
@@ -48,7 +57,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.samples_per_class = 13
   config.balance = "natural"  # "uniform" oversamples rare classes
 
-  # Model: a small CNN with a unit-norm embedding head.
+  # Model: "small_cnn" (features, kernel_size, downsample, hidden, dropout_rate)
+  # or a CIFAR ResNet, "resnet18" / "resnet34" (width; batch norm), each with
+  # the unit-norm embedding head.
+  config.model = "small_cnn"
+  config.width = 1.0  # ResNets: channel multiplier of 64/128/256/512
+  config.dtype = "float32"  # ResNets: "bfloat16" computes the backbone in bfloat16
   config.embedding_dim = 2
   config.features = (32, 64)
   config.kernel_size = 5
@@ -70,7 +84,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Gaussian NLL) or "gaussian_diagonal" (one sigma per axis).
   config.confidence = ""
   config.confidence_weight = 1.0
-  config.confidence_embedding_gradient = True  # False: the NLL trains the head only
+  config.confidence_embedding_gradient = True  # False: the NLL does not move the embedding
+  config.confidence_feature_gradient = True  # False: the NLL trains the confidence head only
   config.kappa_max = 1000.0
   # Centroid EMA: alpha = alpha_base * alpha_decay ** (step / alpha_every).
   config.alpha_base = 0.25
@@ -78,12 +93,22 @@ def default_config() -> ml_collections.ConfigDict:
   config.alpha_every = 1000.0
   config.centroid_warmup_steps = 0
 
-  # Optimisation: AdamW with linear warm-up and cosine decay.
+  # Optimisation: linear warm-up and cosine decay of the learning rate, with
+  # "adamw" (decoupled weight decay on every parameter) or "sgd" (momentum,
+  # optionally Nesterov's, and L2 weight decay on the conv and dense kernels
+  # only, as flax's ImageNet example does).
+  config.optimizer = "adamw"
   config.num_epochs = 10
   config.learning_rate = 3e-3
   config.warmup_steps = 200
   config.weight_decay = 1e-4
+  config.momentum = 0.9  # sgd only
+  config.nesterov = False  # sgd only
   config.seed = 0
+
+  # Data parallelism: the batch is split over a mesh of this many local
+  # devices (0 = all), the train state replicated (sphereembed.training.sharding).
+  config.num_devices = 0
 
   # Bookkeeping.
   config.log_every_steps = 100
@@ -104,14 +129,19 @@ _CHOICES = {
              "contrastive", "softmax"),
     "metric": ("euclidean", "squared_euclidean", "cosine", "great_circle"),
     "confidence": ("", "vmf", "gaussian", "gaussian_diagonal"),
-    "ood_dataset": ("", "mnist", "fashion_mnist", "mnist10k"),
+    "ood_dataset": ("", "mnist", "fashion_mnist", "mnist10k", "cifar10", "cifar100"),
+    "model": ("small_cnn", "resnet18", "resnet34"),
+    "dtype": ("float32", "bfloat16"),
+    "augment": ("none", "crop_flip"),
+    "optimizer": ("adamw", "sgd"),
 }
 _POSITIVE = ("kernel_size", "batch_size", "classes_per_batch", "samples_per_class", "embedding_dim", "hidden",
              "num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-             "eval_batch_size", "alpha_every", "kappa_max")
+             "eval_batch_size", "alpha_every", "kappa_max", "width", "prefetch_batches")
 _NON_NEGATIVE = ("max_train_examples", "max_test_examples", "validation_examples", "margin", "negative_weight",
                  "negative_gate", "classifier_weight", "confidence_weight", "centroid_warmup_steps", "learning_rate",
-                 "warmup_steps", "weight_decay", "seed", "random_shift", "eval_every_steps", "dropout_rate")
+                 "warmup_steps", "weight_decay", "seed", "random_shift", "eval_every_steps", "dropout_rate",
+                 "num_devices")
 
 
 def validate_config(config) -> ml_collections.ConfigDict:
@@ -167,6 +197,20 @@ def validate_config(config) -> ml_collections.ConfigDict:
                      f"{merged.imbalanced_fraction}.")
   if not all(isinstance(c, int) and c > 0 for c in merged.features) or not merged.features:
     raise ValueError(f"config.features must be positive channel counts, got {merged.features}.")
+  if not 0 <= merged.momentum < 1:
+    raise ValueError(f"config.momentum must lie in [0, 1), got {merged.momentum}.")
+  if merged.nesterov and (merged.optimizer != "sgd" or merged.momentum == 0):
+    raise ValueError("config.nesterov = True needs config.optimizer = 'sgd' and "
+                     f"config.momentum > 0 (got {merged.optimizer!r}, {merged.momentum}).")
+  if merged.model == "small_cnn" and merged.dtype != "float32":
+    raise ValueError(f"config.dtype = {merged.dtype!r} needs a ResNet (config.model = "
+                     "'resnet18' or 'resnet34'); the small CNN computes in float32.")
+  if merged.model != "small_cnn" and round(64 * merged.width) < 1:
+    raise ValueError(f"config.width = {merged.width} leaves no channel (64 * width must round "
+                     "to >= 1).")
+  if merged.augment == "crop_flip" and merged.random_shift:
+    raise ValueError("config.augment = 'crop_flip' already translates the images (by up to 4 "
+                     "pixels); set config.random_shift = 0.")
   if merged.loss == "softmax" and not merged.classifier_head:
     merged.classifier_head = True  # the softmax baseline is its classifier head
   if merged.classifier_weight > 0 and not merged.classifier_head:

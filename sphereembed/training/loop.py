@@ -1,10 +1,23 @@
-"""``train_and_evaluate``: the one training loop behind every MNIST-family experiment.
+"""``train_and_evaluate``: the one training loop behind every experiment (MNIST family, CIFAR).
 
-Data -> sampler -> jitted :func:`~sphereembed.training.steps.train_step` ->
-periodic metrics, progress, evaluation and orbax checkpoints -> final
-nearest-centroid evaluation, ``metrics.json`` and figures in the workdir.
-A run restarted with the same workdir resumes from its last checkpoint and
-ends with the same result as an uninterrupted run.
+Data -> sampler -> augmentation -> prefetching onto a device mesh -> jitted
+:func:`~sphereembed.training.steps.train_step` -> periodic metrics, progress,
+evaluation and orbax checkpoints -> final nearest-centroid evaluation,
+``metrics.json`` and figures in the workdir. A run restarted with the same
+workdir resumes from its last checkpoint and ends with the same result as an
+uninterrupted run (batches and augmentation are functions of the seed and
+the step).
+
+Data parallelism: the train step runs on a 1-D mesh of ``config.num_devices``
+local devices (:mod:`sphereembed.training.sharding`): every batch is split
+over the mesh's ``data`` axis and the train state (parameters, optimiser
+state, centroids, batch-norm statistics) is replicated, so XLA computes the
+loss, gradients, centroid sums and batch-norm statistics of the whole batch.
+The same code runs on one CPU, on simulated CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and on the GPUs of
+one host. The loop is single-process: for several hosts, follow the recipe in
+:mod:`sphereembed.training.sharding` (``jax.distributed.initialize``, one
+slice of the global batch per host).
 """
 
 from __future__ import annotations
@@ -24,10 +37,13 @@ import optax
 from sphereembed import data as data_lib
 from sphereembed import plotting
 from sphereembed.data import augment
+from sphereembed.data import cifar
 from sphereembed.models import SmallCNN
+from sphereembed.models import resnet
 from sphereembed.training import config as config_lib
 from sphereembed.training import confidence_eval
 from sphereembed.training import metric_writers
+from sphereembed.training import sharding
 from sphereembed.training.checkpoints import Checkpointer
 from sphereembed.training.state import TrainState, create_train_state, state_summary
 from sphereembed.training.steps import LossSpec, embed_dataset, nearest_centroid, train_step
@@ -39,10 +55,18 @@ def _subset(split: data_lib.Split, indices: np.ndarray) -> data_lib.Split:
   return data_lib.Split(split.images[indices], split.labels[indices])
 
 
+def _load_dataset(name: str, config) -> data_lib.Dataset:
+  """``name`` from the config's sources: CIFAR's canonical pickles, IDX folders, TFDS."""
+  if name in cifar.CIFAR_FOLDERS:
+    return cifar.load_cifar(name, config.data_dir or None,
+                            tfds_data_dir=config.tfds_data_dir or None, download=config.download)
+  return data_lib.load_dataset(name, config.data_dir or None,
+                               tfds_data_dir=config.tfds_data_dir or None,
+                               download=config.download)
+
+
 def _prepare_data(config):
-  dataset = data_lib.load_dataset(config.dataset, config.data_dir or None,
-                                  tfds_data_dir=config.tfds_data_dir or None,
-                                  download=config.download)
+  dataset = _load_dataset(config.dataset, config)
   train, test = dataset.train, dataset.test
   validation = None
   if config.validation_examples:
@@ -64,9 +88,7 @@ def _prepare_data(config):
     test = _subset(test, np.arange(min(config.max_test_examples, len(test))))
   ood = None
   if config.ood_dataset:
-    ood = data_lib.load_dataset(config.ood_dataset, config.data_dir or None,
-                                tfds_data_dir=config.tfds_data_dir or None,
-                                download=config.download).test
+    ood = _load_dataset(config.ood_dataset, config).test
     if config.max_test_examples:
       ood = _subset(ood, np.arange(min(config.max_test_examples, len(ood))))
   return dataset, train, test, validation, ood
@@ -98,6 +120,100 @@ def _loss_spec(config) -> LossSpec:
 # The model head each config.confidence needs.
 _CONFIDENCE_HEADS = {"": None, "vmf": "kappa", "gaussian": "sigma",
                      "gaussian_diagonal": "sigma_diagonal"}
+
+_RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The published per-channel statistics of the CIFAR training sets.
+_CIFAR_NORMALIZATION = {"cifar10": (resnet.CIFAR10_MEAN, resnet.CIFAR10_STD),
+                        "cifar100": (resnet.CIFAR100_MEAN, resnet.CIFAR100_STD)}
+
+
+def _normalization(dataset: str, train: data_lib.Split) -> tuple[tuple[float, ...], ...]:
+  """Per-channel mean and std of the [0, 1] pixels, for the ResNet's input."""
+  if dataset in _CIFAR_NORMALIZATION:
+    return _CIFAR_NORMALIZATION[dataset]
+  # Other data: measured on (a sample of) the training images.
+  sample = train.images[:10000].astype(np.float64) / 255.0
+  mean = sample.mean(axis=(0, 1, 2))
+  std = np.maximum(sample.std(axis=(0, 1, 2)), 1e-3)
+  return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _make_model(config, num_classes: int, train: data_lib.Split):
+  """The config's backbone with its embedding head."""
+  head = dict(num_classes=num_classes if config.classifier_head else None,
+              confidence=_CONFIDENCE_HEADS[config.confidence], kappa_max=config.kappa_max,
+              confidence_feature_gradient=config.confidence_feature_gradient)
+  if config.model == "small_cnn":
+    return SmallCNN(config.embedding_dim, features=tuple(config.features),
+                    kernel_size=config.kernel_size, downsample=config.downsample,
+                    hidden=config.hidden, dropout_rate=config.dropout_rate, **head)
+  mean, std = _normalization(config.dataset, train)
+  return resnet.CifarResNet(config.embedding_dim, stage_sizes=resnet.STAGE_SIZES[
+      _RESNET_DEPTHS[config.model]], width=config.width, mean=mean, std=std,
+                            dtype=_DTYPES[config.dtype], **head)
+
+
+def _kernel_mask(params):
+  """True for conv and dense kernels (ndim > 1), False for biases and norm scales."""
+  return jax.tree_util.tree_map(lambda x: x.ndim > 1, params)
+
+
+def _make_optimizer(config, num_train_steps: int) -> optax.GradientTransformation:
+  """Warm-up plus cosine decay, with AdamW or SGD (see ``default_config``)."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, min(config.warmup_steps, num_train_steps // 2),
+      max(num_train_steps, 1))
+  if config.optimizer == "adamw":
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+  # L2 decay added to the gradient before momentum (classic SGD weight decay).
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay, mask=_kernel_mask),
+      optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
+
+
+def _make_mesh(config):
+  """The 1-D data mesh of ``config.num_devices`` local devices (0 = all)."""
+  if jax.process_count() > 1:
+    raise ValueError(
+        f"train_and_evaluate runs in one process, but {jax.process_count()} were started; "
+        "multi-host training needs one slice of the global batch per host (see "
+        "sphereembed.training.sharding).")
+  devices = jax.local_devices()
+  if config.num_devices > len(devices):
+    raise ValueError(f"config.num_devices = {config.num_devices}, but only {len(devices)} "
+                     f"local device(s) exist ({devices[0].platform}).")
+  return sharding.make_mesh(config.num_devices or len(devices), devices=devices)
+
+
+def _check_batch_fits_mesh(config, sampler, num_examples: int, mesh) -> None:
+  """Every batch must split evenly over the mesh; fail before any work."""
+  if config.sampler == "balanced":
+    size, what = config.classes_per_batch * config.samples_per_class, (
+        "config.classes_per_batch * config.samples_per_class")
+  else:
+    size = config.batch_size if sampler.drop_remainder else num_examples
+    what = "config.batch_size" if sampler.drop_remainder else "the training set (one batch)"
+  if size % mesh.size:
+    raise ValueError(
+        f"{what} = {size} does not split over {mesh.size} devices; use a multiple of "
+        f"{mesh.size} or set config.num_devices.")
+
+
+def _train_batches(config, train: data_lib.Split, sampler, weights, start_step: int):
+  """Host batches of global steps ``start_step + 1, ...``, augmented from ``(seed, step)``."""
+  for step, indices in enumerate(sampler.iterate(start_step=start_step), start=start_step + 1):
+    images = train.images[indices]
+    if config.random_shift:
+      # Seeded by (seed, step): a resumed run draws the same shifts.
+      images = augment.random_translate(images, config.random_shift,
+                                        np.random.default_rng([config.seed, step]))
+    if config.augment == "crop_flip":
+      images = cifar.augment_batch(images, seed=config.seed, step=step)
+    batch = {"image": images, "label": train.labels[indices]}
+    if weights is not None:
+      batch["weight"] = weights[indices]
+    yield batch
 
 
 def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_circle",
@@ -183,51 +299,44 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   dataset, train, test, validation, ood = _prepare_data(config)
   num_classes = dataset.num_classes
   sampler = _make_sampler(config, train)
+  mesh = _make_mesh(config)
+  _check_batch_fits_mesh(config, sampler, len(train), mesh)
   num_train_steps = config.num_epochs * sampler.num_batches
   weights = (data_lib.class_weights(train.labels, num_classes)[train.labels]
              if config.class_weighting else None)
 
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, min(config.warmup_steps, num_train_steps // 2),
-      max(num_train_steps, 1))
-  tx = optax.adamw(schedule, weight_decay=config.weight_decay)
-  model = SmallCNN(config.embedding_dim, num_classes if config.classifier_head else None,
-                   features=tuple(config.features), kernel_size=config.kernel_size,
-                   downsample=config.downsample, hidden=config.hidden,
-                   dropout_rate=config.dropout_rate,
-                   confidence=_CONFIDENCE_HEADS[config.confidence], kappa_max=config.kappa_max)
+  tx = _make_optimizer(config, num_train_steps)
+  model = _make_model(config, num_classes, train)
   spec = _loss_spec(config)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), train.images[:1],
                              num_classes)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   state = checkpointer.restore_or_keep(state)
   start_step = int(state.step)
+  state = sharding.replicate(state, mesh)
   writer = metric_writers.create_default_writer(workdir, tensorboard=config.tensorboard)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams({**config.to_dict(), **state_summary(state),
                           "data_source": dataset.source, "num_train_examples": len(train)})
-  logging.info("%s: %d train / %d test examples from %s; %d steps (%d per epoch), starting at %d",
-               config.dataset, len(train), len(test), dataset.source, num_train_steps,
-               sampler.num_batches, start_step)
+  logging.info("%s: %d train / %d test examples from %s; %d steps (%d per epoch), starting at %d; "
+               "%s on %d %s device(s)", config.dataset, len(train), len(test), dataset.source,
+               num_train_steps, sampler.num_batches, start_step, config.model, mesh.size,
+               mesh.devices.flat[0].platform)
 
   progress = metric_writers.ReportProgress(num_train_steps, config.log_every_steps, writer)
   eval_every = config.eval_every_steps or sampler.num_batches
-  batches = sampler.iterate(start_step=start_step)
+  # A background thread gathers, augments and shards the next batches while
+  # the devices run the current step.
+  batches = cifar.prefetch(_train_batches(config, train, sampler, weights, start_step),
+                           config.prefetch_batches,
+                           transform=lambda batch: sharding.shard_batch(batch, mesh))
   pending: list[dict[str, jax.Array]] = []
   train_start = time.monotonic()
   try:
     progress(start_step)
     for step in range(start_step + 1, num_train_steps + 1):
-      indices = next(batches)
-      images = train.images[indices]
-      if config.random_shift:
-        # Seeded by (seed, step): a resumed run draws the same shifts.
-        images = augment.random_translate(images, config.random_shift,
-                                          np.random.default_rng([config.seed, step]))
-      batch = {"image": images, "label": train.labels[indices]}
-      if weights is not None:
-        batch["weight"] = weights[indices]
+      batch = next(batches)
       state, metrics = train_step(state, batch, spec)
       pending.append(metrics)
       last = step == num_train_steps
@@ -256,7 +365,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     embeddings = result.pop("embeddings")
     result.pop("predictions")
     test_outputs = result.pop("outputs")
-    if validation is not None or ood is not None or config.confidence:
+    if (validation is not None or ood is not None or config.confidence
+        or config.dataset in cifar.CIFAR_FOLDERS):
       result.update(confidence_eval.evaluate_confidence(
           test_outputs, test.labels, np.asarray(state.centroids),
           validation_outputs=(embed_dataset(state, validation.images, config.eval_batch_size)
@@ -267,11 +377,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     writer.write_scalars(num_train_steps, {k: v for k, v in result.items()
                                            if isinstance(v, float)})
   finally:
-    # Also on errors and interrupts: flush the logs, let orbax finish its threads.
+    # Also on errors and interrupts: stop the prefetch thread, flush the logs,
+    # let orbax finish its threads.
+    batches.close()
     writer.close()
     checkpointer.close()
   records = metric_writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   train_losses = [r["train_loss"] for r in records if "train_loss" in r]
+  if "centroid/accuracy_at_80" in result:
+    # ACC@80%: accuracy on the 80% of test images closest to their nearest centroid.
+    result["test_accuracy_at_80"] = result["centroid/accuracy_at_80"]
   final = {
       **result,
       "final_train_loss": train_losses[-1] if train_losses else float("nan"),
@@ -284,6 +399,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       "loss": config.loss,
       "seed": config.seed,
   }
+  if config.model != "small_cnn" or mesh.size > 1:
+    final.update(model=config.model, num_devices=mesh.size,
+                 train_images_per_second=(num_train_steps - start_step) * _batch_size(config, sampler,
+                                                                                     len(train))
+                 / max(train_seconds, 1e-9))
   with open(os.path.join(workdir, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(final, f, indent=1)
   if config.figures:

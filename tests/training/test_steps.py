@@ -157,6 +157,31 @@ def test_confidence_embedding_gradient_switch():
     SmallCNN(8, confidence="bogus").init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
 
 
+def test_confidence_feature_gradient_switch_keeps_the_trunk_on_the_embedding_loss():
+  batch = _problem()
+
+  def params_after(spec, feature_gradient):
+    model = SmallCNN(8, None, features=(4, 8), hidden=16, confidence="kappa",
+                     confidence_feature_gradient=feature_gradient)
+    state = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0),
+                               jnp.zeros((1, 28, 28, 1), jnp.uint8), 4)
+    new_state, _ = train_step(state, batch, spec)
+    return state.params, new_state.params
+
+  vmf_only_head = LossSpec(confidence="vmf", confidence_embedding_gradient=False)
+  start, detached = params_after(vmf_only_head, feature_gradient=False)
+  _, plain = params_after(LossSpec(), feature_gradient=False)
+  _, shared = params_after(vmf_only_head, feature_gradient=True)
+  # Detached: every trunk and projection weight moves exactly as under NCL alone.
+  for name in ("Conv_0", "Conv_1", "Dense_0"):
+    np.testing.assert_array_equal(detached[name]["kernel"], plain[name]["kernel"])
+  np.testing.assert_array_equal(detached["head"]["projection"]["kernel"],
+                                plain["head"]["projection"]["kernel"])
+  assert not np.array_equal(detached["head"]["kappa"]["kernel"], start["head"]["kappa"]["kernel"])
+  # Shared features: the NLL reaches the trunk through the kappa head.
+  assert not np.allclose(shared["Dense_0"]["kernel"], plain["Dense_0"]["kernel"])
+
+
 def test_batch_norm_statistics_are_threaded_and_checkpointed(tmp_path):
   from sphereembed.models.resnet import CifarResNet
   from sphereembed.training.checkpoints import Checkpointer
