@@ -7,7 +7,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from sphereembed.confidence import fit_temperature, vmf_class_log_posterior
+from sphereembed.confidence import fit_isotonic, fit_temperature, vmf_class_log_posterior
 
 
 def _unit(rng, n, dim):
@@ -86,3 +86,31 @@ def test_fit_temperature_rejects_bad_input():
     fit_temperature(np.array([[math.nan, 0.0]]), np.array([0]))
   with pytest.raises(ValueError, match="logits must be"):
     fit_temperature(np.zeros(3), np.array([0, 1, 2]))
+
+
+def test_fit_isotonic_matches_scikit_learn_and_calibrates_held_out_data():
+  from sklearn.isotonic import IsotonicRegression
+  from sphereembed.evaluation import calibration
+
+  rng = np.random.default_rng(3)
+  raw = rng.uniform(0.3, 1.0, 20000)
+  correct = rng.uniform(size=raw.size) < raw ** 3  # over-confident raw scores
+  fit, held_out = slice(0, 10000), slice(10000, None)
+  calibrator = fit_isotonic(raw[fit], correct[fit])
+  reference = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+      raw[fit], correct[fit].astype(float))
+  probe = np.concatenate([rng.uniform(0.0, 1.2, 500), raw[held_out][:500]])
+  np.testing.assert_allclose(calibrator(probe), reference.predict(probe), atol=1e-12)
+  assert np.all(np.diff(calibrator(np.sort(probe))) >= 0)
+  before = calibration.expected_calibration_error(raw[held_out], correct[held_out])
+  after = calibration.expected_calibration_error(calibrator(raw[held_out]), correct[held_out])
+  assert before > 0.15 and after < 0.02, (before, after)
+
+
+def test_fit_isotonic_rejects_bad_input():
+  with pytest.raises(ValueError, match="equal-length"):
+    fit_isotonic(np.ones(3), np.ones(2, bool))
+  with pytest.raises(ValueError, match="equal-length"):
+    fit_isotonic(np.ones((2, 2)), np.ones((2, 2), bool))
+  with pytest.raises(ValueError, match="NaN"):
+    fit_isotonic(np.array([0.5, math.nan]), np.array([True, False]))

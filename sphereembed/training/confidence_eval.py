@@ -16,7 +16,9 @@ score itself (the most certain ``p`` percent), ``{score}/ood_*`` detects the
 out-of-distribution set by the same score, and ``{score}/probabilities/*``
 and ``{score}/calibrated/*`` give ECE, Brier and the rest for the class
 probabilities, raw and after temperature scaling fitted on a held-out
-validation split (``{score}/temperature``). Predictions are the argmax of the
+validation split (``{score}/temperature``); ``{score}/isotonic/*`` the
+top-class confidence after isotonic regression fitted on the same split
+(no Brier: it calibrates the top class only). Predictions are the argmax of the
 class probabilities, i.e. the nearest centroid for all but ``softmax``.
 """
 
@@ -119,6 +121,12 @@ def evaluate_confidence(test_outputs, test_labels, centroids, *, validation_outp
       calibrated = np.asarray(jax.nn.softmax(logits / temperature, axis=-1))
       results.update(calibrated_metrics(f"{name}/calibrated/").run(
           probabilities=calibrated, labels=test_labels))
+      validation_probabilities = np.asarray(jax.nn.softmax(validation_scores[name][0], axis=-1))
+      calibrator = confidence_lib.fit_isotonic(
+          validation_probabilities.max(axis=1),
+          np.argmax(validation_probabilities, axis=1) == np.asarray(validation_labels))
+      results.update(calibrated_metrics(f"{name}/isotonic/").run(
+          calibrator(probabilities.max(axis=1)), correct))
       if ood_scores is not None:
         ood_calibrated = np.asarray(jax.nn.softmax(ood_scores[name][0] / temperature, axis=-1))
         results.update(OODEvaluator(prefix=f"{name}/calibrated/ood_").run(

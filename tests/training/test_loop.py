@@ -154,10 +154,12 @@ def test_confidence_run_reports_calibration_and_ood(tmp_path, confidence, head_k
   metrics = loop.train_and_evaluate(config, str(tmp_path / "run"))
   for score in ("centroid", head_key, "softmax"):
     for key in ("accuracy", "accuracy_at_80", "probabilities/ece", "probabilities/brier",
-                "calibrated/ece", "temperature", "ood_auroc", "ood_auprc", "calibrated/ood_auroc"):
+                "calibrated/ece", "temperature", "ood_auroc", "ood_auprc", "calibrated/ood_auroc",
+                "isotonic/ece", "isotonic/accuracy_at_80"):
       value = metrics[f"{score}/{key}"]
       assert np.isfinite(value), (score, key)
     assert 0 <= metrics[f"{score}/calibrated/ece"] <= 1
+    assert 0 <= metrics[f"{score}/isotonic/ece"] <= 1
     assert 0 <= metrics[f"{score}/ood_auroc"] <= 1
   # Every score but the classifier's predicts the nearest centroid.
   assert metrics[f"{head_key}/accuracy"] == metrics["centroid/accuracy"] == metrics["test_accuracy"]
