@@ -2,48 +2,93 @@ r"""Mean and standard deviation of finished runs, as a markdown table.
 
 Usage:
   python -m experiments.summarize runs/ncl_2d/* runs/ncl_128d/*
+  python -m experiments.summarize runs/final6/vmf2_s* \
+      --metrics=kappa/ood_auroc,kappa/isotonic/ece,softmax/ood_auroc
 
-Runs are grouped by (dataset, loss, distance, embedding_dim) from their
-``metrics.json`` and ``config.json``;
-the table lists nearest-centroid test accuracy (mean ± std over seeds, in %),
-the number of seeds and the mean training time.
+Runs are grouped by their ``config.json`` with the seed left out (so the
+seeds of one config form a row) and labelled by (dataset, loss, distance,
+embedding_dim) plus, when the grouped runs differ in more, the fields that
+differ. The table lists nearest-centroid test accuracy (mean ± std over
+seeds, in %), the number of seeds and the mean training time, and with
+``--metrics`` any other number in ``metrics.json`` (mean ± std, as stored:
+fractions stay fractions).
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import os
-import sys
 
 import numpy as np
 
+# Fields that never tell two experiments apart.
+_IGNORED = {"seed", "data_dir", "tfds_data_dir", "download", "log_every_steps", "eval_every_steps",
+            "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "tensorboard", "figures"}
 
-def summarize(workdirs: list[str]) -> str:
-  """The markdown table of the ``metrics.json`` files under ``workdirs``."""
+
+def _mean_std(values, scale: float = 1.0, digits: int = 2) -> str:
+  values = scale * np.asarray(values, np.float64)
+  if np.all(np.isnan(values)):
+    return "—"
+  std = f" ± {np.nanstd(values, ddof=1):.{digits}f}" if np.sum(~np.isnan(values)) > 1 else ""
+  return f"{np.nanmean(values):.{digits}f}{std}"
+
+
+def summarize(workdirs: list[str], metrics: tuple[str, ...] = ()) -> str:
+  """The markdown table of the ``metrics.json`` files under ``workdirs``.
+
+  Args:
+    workdirs: run folders; those without ``metrics.json`` are skipped.
+    metrics: extra ``metrics.json`` keys, one column each.
+
+  Returns:
+    The table as a string.
+  """
   groups = collections.defaultdict(list)
+  configs = {}
   for workdir in workdirs:
     path = os.path.join(workdir, "metrics.json")
     if not os.path.exists(path):
       continue
     with open(path, encoding="utf-8") as f:
-      metrics = json.load(f)
+      result = json.load(f)
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-      metric = json.load(f).get("metric", "?")
-    groups[(metrics["dataset"], metrics["loss"], metric, metrics["embedding_dim"])].append(metrics)
+      config = json.load(f)
+    key = json.dumps({k: v for k, v in sorted(config.items()) if k not in _IGNORED})
+    configs[key] = config
+    groups[key].append(result)
   if not groups:
     raise SystemExit(f"No metrics.json under {workdirs}.")
-  lines = ["| dataset | loss | distance | D | nearest-centroid test accuracy (%) | balanced (%) | seeds | "
-           "train time (s) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for (dataset, loss, metric, dim), runs in sorted(groups.items()):
-    accuracy = 100 * np.array([r["test_accuracy"] for r in runs])
-    balanced = 100 * np.array([r.get("test_balanced_accuracy", np.nan) for r in runs])
-    seconds = np.mean([r["train_seconds_this_run"] for r in runs])
-    std = f" ± {accuracy.std(ddof=1):.2f}" if len(runs) > 1 else ""
-    lines.append(f"| {dataset} | {loss} | {metric} | {dim} | {accuracy.mean():.2f}{std} | "
-                 f"{np.nanmean(balanced):.2f} | {len(runs)} | {seconds:.0f} |")
-  return "\n".join(lines)
+  # The fields that differ between groups label the rows beyond the usual four.
+  fields = sorted({k for c in configs.values() for k in c if k not in _IGNORED})
+  varying = [k for k in fields
+             if len({json.dumps(c.get(k)) for c in configs.values()}) > 1
+             and k not in ("dataset", "loss", "metric", "embedding_dim")]
+  header = ["dataset", "loss", "distance", "D", *varying, "nearest-centroid test accuracy (%)",
+            "balanced (%)", *metrics, "seeds", "train time (s)"]
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  rows = []
+  for key, runs in groups.items():
+    config = configs[key]
+    cells = [str(runs[0]["dataset"]), str(runs[0]["loss"]), str(config.get("metric", "?")),
+             str(runs[0]["embedding_dim"]), *(str(config.get(k)) for k in varying),
+             _mean_std([r["test_accuracy"] for r in runs], 100),
+             _mean_std([r.get("test_balanced_accuracy", np.nan) for r in runs], 100),
+             *(_mean_std([r.get(m, np.nan) for r in runs], digits=4) for m in metrics),
+             str(len(runs)), f"{np.mean([r['train_seconds_this_run'] for r in runs]):.0f}"]
+    rows.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines + sorted(rows))
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--metrics", default="", help="comma-separated metrics.json keys")
+  args = parser.parse_args(argv)
+  print(summarize(args.workdirs, tuple(m for m in args.metrics.split(",") if m)))
 
 
 if __name__ == "__main__":
-  print(summarize(sys.argv[1:]))
+  main()

@@ -80,4 +80,18 @@ def test_summarize_groups_seeds_into_mean_and_std(tmp_path):
         "dataset": "mnist", "loss": "ncl", "embedding_dim": 2, "test_accuracy": accuracy,
         "test_balanced_accuracy": accuracy, "train_seconds_this_run": 10.0 * (seed + 1)}))
   table = summarize.summarize([str(tmp_path / "run0"), str(tmp_path / "run1"), str(tmp_path)])
-  assert "| mnist | ncl | euclidean | 2 | 98.50 ± 0.71 | 98.50 | 2 | 15 |" in table
+  assert "| mnist | ncl | euclidean | 2 | 98.50 ± 0.71 | 98.50 ± 0.71 | 2 | 15 |" in table
+  # Another config forms its own row, labelled by the field that differs;
+  # extra metrics get a column each (a missing key shows a dash).
+  for seed, auroc in enumerate((0.9, 0.8)):
+    workdir = tmp_path / f"vmf{seed}"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"metric": "euclidean", "confidence": "vmf",
+                                                     "seed": seed}))
+    (workdir / "metrics.json").write_text(json.dumps({
+        "dataset": "mnist", "loss": "ncl", "embedding_dim": 2, "test_accuracy": 0.97,
+        "kappa/ood_auroc": auroc, "train_seconds_this_run": 10.0}))
+  table = summarize.summarize([str(p) for p in sorted(tmp_path.iterdir())],
+                              metrics=("kappa/ood_auroc",))
+  assert "| mnist | ncl | euclidean | 2 | None | 98.50 ± 0.71 | 98.50 ± 0.71 | — | 2 | 15 |" in table
+  assert "| mnist | ncl | euclidean | 2 | vmf | 97.00 ± 0.00 | — | 0.8500 ± 0.0707 | 2 | 10 |" in table
