@@ -23,7 +23,8 @@ from sphereembed.evaluation import calibration, uncertainty, verification  # noq
 from sphereembed.evaluation import _checks
 
 __all__ = [
-    "plot_binned_performance", "plot_circle", "plot_confidence_boxplot", "plot_embeddings",
+    "plot_binned_performance", "plot_circle", "plot_confidence_boxplot",
+    "plot_confidence_scatter", "plot_embeddings",
     "plot_embeddings_by_confidence", "plot_pr_curves", "plot_reliability_diagram",
     "plot_risk_coverage", "plot_roc_curves", "plot_sparsification", "plot_sphere",
     "plot_training_curves",
@@ -371,6 +372,60 @@ def plot_confidence_boxplot(confidences, correct, ood_confidences=None, *, path:
   ax.set_ylabel(ylabel)
   ax.set_title(title or f"{ylabel} by outcome")
   ax.grid(alpha=0.3, axis="y")
+  return _finish(fig, path)
+
+
+def plot_confidence_scatter(x, y, correct, *, xlabel: str = "confidence",
+                            ylabel: str = "classifier probability", path: str | None = None,
+                            title: str = "", max_points: int = 5000, seed: int = 0,
+                            log_x: bool = False) -> Figure:
+  """One confidence against another per sample, wrong predictions highlighted.
+
+  The talk's figure of kappa against the classifier's max-softmax
+  probability: where the two disagree, one of them knows something the other
+  does not.
+
+  Args:
+    x: ``(N,)`` the first score (e.g. kappa).
+    y: ``(N,)`` the second score (e.g. the max softmax probability).
+    correct: ``(N,)`` bools; wrong samples are drawn last, in red.
+    xlabel, ylabel: the axis labels.
+    path: where to save a PNG, or ``None``.
+    title: the axes title (Spearman's rank correlation is added).
+    max_points: at most this many correct samples, a random subset (all
+      wrong ones are kept).
+    seed: seed of the subset.
+    log_x: a logarithmic x axis (kappa spans decades).
+
+  Returns:
+    The figure.
+
+  Example:
+    >>> from sphereembed.plotting import plot_confidence_scatter
+    >>> fig = plot_confidence_scatter([1.0, 5.0, 20.0, 3.0], [0.3, 0.6, 0.9, 0.8],
+    ...                               [True, True, True, False])
+    >>> fig.axes[0].get_title()
+    'Spearman 0.800'
+  """
+  x = _checks.vector(x, "x")
+  y = _checks.vector(y, "y")
+  correct = _checks.binary(correct, "correct")
+  _checks.same_length(x=x, y=y, correct=correct)
+  rho = uncertainty.spearman_rho(x, y)
+  right = np.flatnonzero(correct)
+  right = np.random.default_rng(seed).permutation(right)[:max_points]
+  wrong = np.flatnonzero(~correct)
+  fig = Figure(figsize=(5.5, 4.5))
+  ax = fig.add_subplot()
+  ax.scatter(x[right], y[right], s=4, alpha=0.4, color="tab:blue", label=f"correct ({correct.sum()})")
+  ax.scatter(x[wrong], y[wrong], s=10, color="tab:red", label=f"wrong ({len(wrong)})")
+  if log_x:
+    ax.set_xscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(f"{title + ': ' if title else ''}Spearman {rho:.3f}")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize=8)
   return _finish(fig, path)
 
 

@@ -29,11 +29,14 @@ from typing import Any
 import jax
 import numpy as np
 
+import os
+
 from sphereembed import confidence as confidence_lib
+from sphereembed import plotting
 from sphereembed.evaluation import calibration
 from sphereembed.evaluation.evaluators import CalibrationEvaluator, OODEvaluator
 
-__all__ = ["confidence_scores", "evaluate_confidence"]
+__all__ = ["confidence_scores", "evaluate_confidence", "plot_confidence_figures"]
 
 
 def confidence_scores(outputs: dict[str, Any], centroids) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -132,3 +135,81 @@ def evaluate_confidence(test_outputs, test_labels, centroids, *, validation_outp
         results.update(OODEvaluator(prefix=f"{name}/calibrated/ood_").run(
             -calibrated.max(axis=1), -ood_calibrated.max(axis=1)))
   return results
+
+
+# How each score is shown on a figure axis: -uncertainty, named.
+_SCORE_LABELS = {"centroid": "cosine to the nearest centroid", "kappa": "kappa",
+                 "sigma": "-log sigma", "softmax": "max softmax probability"}
+
+
+def plot_confidence_figures(workdir: str, test_outputs, test_labels, centroids, *,
+                            validation_outputs=None, validation_labels=None,
+                            ood_outputs=None, num_bins: int = 15) -> list[str]:
+  """The confidence figures of the talk, one PNG each, into ``workdir``.
+
+  * ``confidence_boxplot_{score}.png``: the score of correct, wrong and OOD
+    samples;
+  * ``reliability_{score}.png``: the reliability diagram of the class
+    posterior's top probability, and ``reliability_{score}_isotonic.png``
+    after isotonic calibration on the validation split;
+  * ``risk_coverage.png``: selective risk of every score;
+  * ``ood_roc.png``: OOD detection ROC of every score (with an OOD set);
+  * ``kappa_vs_softmax.png``: kappa against the classifier's probability
+    (models with both heads).
+
+  Args:
+    workdir: the output folder.
+    test_outputs, test_labels, centroids, validation_outputs,
+    validation_labels, ood_outputs: as for :func:`evaluate_confidence`.
+    num_bins: reliability-diagram bins.
+
+  Returns:
+    The paths written.
+  """
+  test_labels = np.asarray(test_labels)
+  test_scores = confidence_scores(test_outputs, centroids)
+  ood_scores = confidence_scores(ood_outputs, centroids) if ood_outputs is not None else None
+  validation_scores = (confidence_scores(validation_outputs, centroids)
+                       if validation_outputs is not None else None)
+  paths = []
+
+  def path(name):
+    paths.append(os.path.join(workdir, name))
+    return paths[-1]
+
+  selective, roc = {}, {}
+  for name, (logits, uncertainty) in test_scores.items():
+    probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
+    correct = np.argmax(logits, axis=1) == test_labels
+    label = _SCORE_LABELS.get(name, name)
+    plotting.plot_confidence_boxplot(
+        -uncertainty, correct, None if ood_scores is None else -ood_scores[name][1],
+        ylabel=label, path=path(f"confidence_boxplot_{name}.png"))
+    plotting.plot_reliability_diagram(probabilities.max(axis=1), correct, num_bins=num_bins,
+                                      title=f"{name} posterior, raw",
+                                      path=path(f"reliability_{name}.png"))
+    if validation_scores is not None:
+      validation_probabilities = np.asarray(jax.nn.softmax(validation_scores[name][0], axis=-1))
+      calibrator = confidence_lib.fit_isotonic(
+          validation_probabilities.max(axis=1),
+          np.argmax(validation_probabilities, axis=1) == np.asarray(validation_labels))
+      plotting.plot_reliability_diagram(calibrator(probabilities.max(axis=1)), correct,
+                                        num_bins=num_bins, title=f"{name} posterior, isotonic",
+                                        path=path(f"reliability_{name}_isotonic.png"))
+    selective[label] = -uncertainty
+    if ood_scores is not None:
+      ood_uncertainty = ood_scores[name][1]
+      roc[label] = (np.concatenate([uncertainty, ood_uncertainty]),
+                    np.concatenate([np.zeros(len(uncertainty)), np.ones(len(ood_uncertainty))]))
+  correct = np.argmax(test_scores["centroid"][0], axis=1) == test_labels
+  plotting.plot_risk_coverage(selective, correct, title="nearest-centroid prediction",
+                              path=path("risk_coverage.png"))
+  if roc:
+    plotting.plot_roc_curves(roc, title="OOD detection", path=path("ood_roc.png"))
+  if "kappa" in test_scores and "softmax" in test_scores:
+    softmax_logits = test_scores["softmax"][0]
+    plotting.plot_confidence_scatter(
+        -test_scores["kappa"][1], np.asarray(jax.nn.softmax(softmax_logits, axis=-1)).max(axis=1),
+        np.argmax(softmax_logits, axis=1) == test_labels, xlabel="kappa", log_x=True,
+        path=path("kappa_vs_softmax.png"))
+  return paths
