@@ -91,7 +91,7 @@ def validate_embeddings(embeddings, name: str = "embeddings") -> None:
   if not np.all(np.isfinite(values)):
     bad = np.argwhere(~np.isfinite(values))
     raise ValueError(
-        f"{name} contain {len(bad)} NaN or infinite values (first at index {tuple(bad[0])}).")
+        f"{name} contain {len(bad)} NaN or infinite values (first at index {tuple(int(i) for i in bad[0])}).")
 
 
 def validate_labels(labels, num_classes: int | None = None) -> None:

@@ -159,8 +159,8 @@ def plot_confidence_figures(workdir: str, test_outputs, test_labels, centroids, 
 
   Args:
     workdir: the output folder.
-    test_outputs, test_labels, centroids, validation_outputs,
-    validation_labels, ood_outputs: as for :func:`evaluate_confidence`.
+    test_outputs, test_labels, centroids: as for :func:`evaluate_confidence`.
+    validation_outputs, validation_labels, ood_outputs: likewise.
     num_bins: reliability-diagram bins.
 
   Returns:
