@@ -90,8 +90,8 @@ def validate_embeddings(embeddings, name: str = "embeddings") -> None:
   values = np.asarray(embeddings)
   if not np.all(np.isfinite(values)):
     bad = np.argwhere(~np.isfinite(values))
-    raise ValueError(
-        f"{name} contain {len(bad)} NaN or infinite values (first at index {tuple(int(i) for i in bad[0])}).")
+    first = tuple(int(i) for i in bad[0])
+    raise ValueError(f"{name} contain {len(bad)} NaN or infinite values (first at index {first}).")
 
 
 def validate_labels(labels, num_classes: int | None = None) -> None:
