@@ -4,8 +4,9 @@ The evaluation figures (ROC and PR curves, reliability diagrams,
 sparsification and risk-coverage curves, confidence box plots, embeddings
 coloured by confidence) compute their data with :mod:`sphereembed.evaluation`,
 return the :class:`matplotlib.figure.Figure` and also save it as a PNG when
-given a ``path``. They are built without pyplot, so figures that are not kept
-are freed like any object.
+given a ``path``. They are built without pyplot: no window ever opens on a
+server, the notebook's own backend is left alone, and figures that are not
+kept are freed like any object.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import matplotlib
+from matplotlib.figure import Figure
+import numpy as np
 
-matplotlib.use("Agg")  # Experiments run on servers and in CI: never open a window.
-from matplotlib.figure import Figure  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from sphereembed.evaluation import calibration, uncertainty, verification  # noqa: E402
+from sphereembed.evaluation import calibration, uncertainty, verification
 from sphereembed.evaluation import _checks
 
 __all__ = [
@@ -32,7 +30,7 @@ __all__ = [
 
 
 def _class_colors(num_classes: int):
-  cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")
+  cmap = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20"]
   return [cmap(k % cmap.N) for k in range(num_classes)]
 
 
@@ -60,7 +58,8 @@ def plot_circle(embeddings, labels, centroids, path: str, *, class_names: Sequen
       embeddings, labels, centroids, class_names, max_points, seed)
   num_classes = centroids.shape[0]
   angles = np.arctan2(embeddings[index, 1], embeddings[index, 0])
-  fig, (ax, hist) = plt.subplots(1, 2, figsize=(12, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
+  fig = Figure(figsize=(12, 5.5))
+  ax, hist = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
   circle = np.linspace(-np.pi, np.pi, 400)
   ax.plot(np.cos(circle), np.sin(circle), color="0.8", lw=1)
   for k in range(num_classes):
@@ -82,7 +81,6 @@ def plot_circle(embeddings, labels, centroids, path: str, *, class_names: Sequen
   hist.set_title("angle histogram per class")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return path
 
 
@@ -96,7 +94,7 @@ def plot_sphere(embeddings, labels, centroids, path: str, *, class_names: Sequen
   embeddings, labels, centroids, names, colors, index = _prepare(
       embeddings, labels, centroids, class_names, max_points, seed)
   num_classes = centroids.shape[0]
-  fig = plt.figure(figsize=(12, 6))
+  fig = Figure(figsize=(12, 6))
   u, v = np.mgrid[0:2 * np.pi:30j, 0:np.pi:15j]
   for panel, azimuth in enumerate((30, 210)):
     ax = fig.add_subplot(1, 2, panel + 1, projection="3d")
@@ -113,7 +111,6 @@ def plot_sphere(embeddings, labels, centroids, path: str, *, class_names: Sequen
   fig.suptitle(title or "test embeddings on the sphere (two views) and centroids (stars)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path
 
 
@@ -135,8 +132,8 @@ def plot_training_curves(records: Sequence[Mapping[str, float]], path: str,
     ``path``.
   """
   present = [k for k in keys if any(k in r for r in records)]
-  fig, axes = plt.subplots(1, max(len(present), 1), figsize=(5 * max(len(present), 1), 3.8),
-                           squeeze=False)
+  fig = Figure(figsize=(5 * max(len(present), 1), 3.8))
+  axes = fig.subplots(1, max(len(present), 1), squeeze=False)
   for ax, key in zip(axes[0], present):
     points = sorted((r["step"], r[key]) for r in records if key in r)
     steps, values = zip(*points)
@@ -146,7 +143,6 @@ def plot_training_curves(records: Sequence[Mapping[str, float]], path: str,
     ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path
 
 
@@ -266,8 +262,8 @@ def plot_reliability_diagram(confidences, correct, *, num_bins: int = 15, path: 
          edgecolor="black", lw=0.5, label="accuracy")
   # The gap to perfect calibration, drawn from the accuracy to the mean confidence.
   ax.bar(left[filled], diagram.confidence[filled] - diagram.accuracy[filled], width[filled],
-         bottom=diagram.accuracy[filled], align="edge", color="tab:red", alpha=0.3,
-         edgecolor="tab:red", lw=0.5, label="gap to confidence")
+         bottom=diagram.accuracy[filled], align="edge", fill=False, hatch="///",
+         edgecolor="tab:red", lw=0.5, label="gap to confidence")  # hatched: readable over the bar
   ax.plot([0, 1], [0, 1], color="0.4", ls="--", lw=1)
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)
