@@ -100,12 +100,22 @@ def _gram_parts(x: jax.Array, y: jax.Array, same: bool) -> tuple[jax.Array, jax.
   return xx, yy, _matmul_transposed(x, y)
 
 
-def _clamp_squared(squared: jax.Array, zero_diagonal: bool) -> jax.Array:
+def _clamp_squared(squared: jax.Array, scale: jax.Array, zero_diagonal: bool) -> jax.Array:
+  """Gram-form squared distances with their cancellation noise floor set to 0.
+
+  ``xx + yy - 2 xy`` of two equal vectors is a few ulps of ``scale = xx + yy``
+  rather than 0 (how many depends on the CPU's FMA use); its square root
+  would then have a gradient of rounding noise times ``1 / chord``. Below
+  ``8 eps * scale`` the value is noise, so it becomes an exact 0 with a zero
+  gradient (for unit vectors in float32: chords below about 1.4e-3; use
+  :func:`paired_distances` where such small distances matter).
+  """
   if zero_diagonal:
     # Exact zeros on the diagonal (cancellation otherwise leaves ~eps noise).
     squared = jnp.where(jnp.eye(squared.shape[0], dtype=bool), 0.0, squared)
+  floor = 8 * jnp.finfo(squared.dtype).eps * jax.lax.stop_gradient(scale)
   # `where` rather than `maximum`: exact +0.0 (never -0.0) and a zero gradient.
-  return jnp.where(squared > 0, squared, 0.0)
+  return jnp.where(squared > floor, squared, 0.0)
 
 
 def _half_angle(chord: jax.Array) -> jax.Array:
@@ -188,7 +198,7 @@ def pairwise_distances(
     return jnp.where(distance > 0, distance, 0.0)
 
   xx, yy, xy = _gram_parts(x, y, same)
-  squared = _clamp_squared(xx + yy - 2.0 * xy, zero_diagonal=same)
+  squared = _clamp_squared(xx + yy - 2.0 * xy, xx + yy, zero_diagonal=same)
   if metric == "squared_euclidean":
     return squared
   chord = safe_sqrt(squared)
@@ -199,7 +209,7 @@ def pairwise_distances(
   # 1/sqrt(eps). For obtuse angles use the supplementary chord s = ||u + v||
   # instead: pi - 2*arcsin(s/2) is the same angle on unit vectors, and each
   # branch keeps arcsin's argument below 1/sqrt(2), so gradients stay bounded.
-  supplementary = safe_sqrt(_clamp_squared(xx + yy + 2.0 * xy, zero_diagonal=False))
+  supplementary = safe_sqrt(_clamp_squared(xx + yy + 2.0 * xy, xx + yy, zero_diagonal=False))
   acute = chord <= supplementary
   return jnp.where(acute, _half_angle(chord), jnp.pi - _half_angle(supplementary))
 

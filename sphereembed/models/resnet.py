@@ -118,6 +118,8 @@ class CifarResNet(nn.Module):
     width: the channel multiplier of the standard widths 64/128/256/512.
     confidence: the head's per-sample confidence (see :class:`EmbeddingHead`).
     kappa_max: the upper bound of a ``"kappa"`` confidence.
+    confidence_feature_gradient: whether the confidence loss trains the
+      backbone (see :class:`~sphereembed.models.cnn.EmbeddingHead`).
     mean: per-channel mean of the ``[0, 1]`` pixels (CIFAR-10's by default;
       :data:`CIFAR100_MEAN` for CIFAR-100).
     std: per-channel standard deviation of the ``[0, 1]`` pixels
@@ -148,6 +150,7 @@ class CifarResNet(nn.Module):
   width: float = 1.0
   confidence: str | None = None
   kappa_max: float = 1000.0
+  confidence_feature_gradient: bool = True
   mean: Sequence[float] = CIFAR10_MEAN
   std: Sequence[float] = CIFAR10_STD
   dtype: Any = jnp.float32
@@ -190,6 +193,7 @@ class CifarResNet(nn.Module):
     # Pool and project in float32: the head's outputs are float32 whatever the compute dtype.
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return EmbeddingHead(self.embedding_dim, self.num_classes, self.confidence, self.kappa_max,
+                         confidence_feature_gradient=self.confidence_feature_gradient,
                          name="head")(x)
 
 

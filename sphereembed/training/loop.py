@@ -186,18 +186,23 @@ def _make_mesh(config):
   return sharding.make_mesh(config.num_devices or len(devices), devices=devices)
 
 
+def _global_batch(config, sampler, num_examples: int) -> tuple[int, str]:
+  """The size of every training batch, and the config fields that set it."""
+  if config.sampler == "balanced":
+    return (config.classes_per_batch * config.samples_per_class,
+            "config.classes_per_batch * config.samples_per_class")
+  if sampler.drop_remainder:
+    return config.batch_size, "config.batch_size"
+  return num_examples, "the training set (smaller than config.batch_size: one batch)"
+
+
 def _check_batch_fits_mesh(config, sampler, num_examples: int, mesh) -> None:
   """Every batch must split evenly over the mesh; fail before any work."""
-  if config.sampler == "balanced":
-    size, what = config.classes_per_batch * config.samples_per_class, (
-        "config.classes_per_batch * config.samples_per_class")
-  else:
-    size = config.batch_size if sampler.drop_remainder else num_examples
-    what = "config.batch_size" if sampler.drop_remainder else "the training set (one batch)"
+  size, what = _global_batch(config, sampler, num_examples)
   if size % mesh.size:
     raise ValueError(
-        f"{what} = {size} does not split over {mesh.size} devices; use a multiple of "
-        f"{mesh.size} or set config.num_devices.")
+        f"{what} = {size} does not split over the {mesh.size} devices of the mesh; use a "
+        f"multiple of {mesh.size}, or fewer devices (config.num_devices).")
 
 
 def _train_batches(config, train: data_lib.Split, sampler, weights, start_step: int):
@@ -269,9 +274,12 @@ def _check_resumable(config, workdir: str) -> None:
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
+    # A field newer than the saved run had its default value there.
+    defaults = config_lib.default_config().to_dict()
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in config_lib.RESUME_SAFE_FIELDS
-                     and json.dumps(saved.get(k)) != json.dumps(current.get(k), default=list))
+                     and json.dumps(saved.get(k, defaults.get(k)), default=list)
+                     != json.dumps(current.get(k), default=list))
     if changed:
       raise ValueError(
           f"{workdir} holds a run with a different config (fields {changed}); resuming it would "
@@ -291,7 +299,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       the same config is resumed.
 
   Returns:
-    The final metrics (also written to ``workdir/metrics.json``).
+    The final metrics (also written to ``workdir/metrics.json``): the
+    nearest-centroid ``test_accuracy`` and its variants, the confidence
+    evaluation's ``{score}/...`` keys when there is one (always for CIFAR),
+    ``test_accuracy_at_80`` (ACC@80%: the accuracy on the 80% of test images
+    closest to their nearest centroid) whenever it was computed, the run's
+    ``train_images_per_second`` and bookkeeping.
+
+  Raises:
+    ValueError: a bad config, more devices than exist, or a batch that does
+      not split evenly over the devices.
+    DataNotFoundError: no source has the dataset (the message says how to
+      provide it).
   """
   config = config_lib.validate_config(config)
   os.makedirs(workdir, exist_ok=True)
@@ -311,7 +330,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), train.images[:1],
                              num_classes)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  state = checkpointer.restore_or_keep(state)
+  try:
+    state = checkpointer.restore_or_keep(state)
+  except BaseException:
+    checkpointer.close()  # no orbax threads left behind by a failed restore
+    raise
   start_step = int(state.step)
   state = sharding.replicate(state, mesh)
   writer = metric_writers.create_default_writer(workdir, tensorboard=config.tensorboard)
@@ -399,11 +422,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       "loss": config.loss,
       "seed": config.seed,
   }
-  if config.model != "small_cnn" or mesh.size > 1:
-    final.update(model=config.model, num_devices=mesh.size,
-                 train_images_per_second=(num_train_steps - start_step) * _batch_size(config, sampler,
-                                                                                     len(train))
-                 / max(train_seconds, 1e-9))
+  # Training throughput of this run, compilation and periodic evaluations included.
+  images_seen = (num_train_steps - start_step) * _global_batch(config, sampler, len(train))[0]
+  final.update(model=config.model, num_devices=mesh.size,
+               train_images_per_second=images_seen / max(train_seconds, 1e-9))
   with open(os.path.join(workdir, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(final, f, indent=1)
   if config.figures:

@@ -7,9 +7,9 @@ initialises::
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.training.sharded_runs OUT.npz
 
 Both runs use the library's own pieces unchanged (``create_train_state``,
-the jitted ``train_step``, ``replicate`` and ``shard_batch``); only the
-ResNet run has a local step, because the train state does not carry
-batch-norm statistics (yet).
+the jitted ``train_step``, ``replicate`` and ``shard_batch``); the ResNet
+run's train state carries the batch-norm statistics, which ``train_step``
+threads through every step.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sphereembed import losses
-from sphereembed.centroids import init_centroids
 from sphereembed.models import SmallCNN
 from sphereembed.models.resnet import CifarResNet
 from sphereembed.training import sharding
@@ -94,36 +92,25 @@ def ncl_run(mesh=None) -> dict[str, np.ndarray]:
 
 
 def resnet_run(mesh=None) -> dict[str, np.ndarray]:
-  """A tiny CIFAR ResNet trained with a local step that threads ``batch_stats``."""
+  """A tiny CIFAR ResNet trained by ``train_step``, which threads ``batch_stats``."""
   model = CifarResNet(8, stage_sizes=(1,), width=1 / 16)
   tx = optax.sgd(0.1, momentum=0.9)
+  init = jax.jit(create_train_state, static_argnums=(0, 1, 4))
   with jax.threefry_partitionable(False):
-    variables = jax.jit(model.init)(jax.random.PRNGKey(1), jnp.zeros((1, *IMAGE_SHAPE), jnp.uint8))
-    centroids = init_centroids(jax.random.PRNGKey(2), NUM_CLASSES, 8)
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step_fn(params, batch_stats, opt_state, batch):
-    def loss_fn(params):
-      outputs, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                                     batch["image"], train=True, mutable=["batch_stats"])
-      return losses.ncl(outputs["embedding"], batch["label"], centroids), updates["batch_stats"]
-
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_stats, opt_state, loss
-
+    state = init(model, tx, jax.random.PRNGKey(1), jnp.zeros((1, *IMAGE_SHAPE), jnp.uint8),
+                 NUM_CLASSES)
+  spec = LossSpec(name="ncl", alpha_base=0.5, alpha_every=2)
   if mesh is not None:
-    params, batch_stats, opt_state = sharding.replicate((params, batch_stats, opt_state), mesh)
+    state = sharding.replicate(state, mesh)
   loss_values = []
   for step in range(STEPS - 1):
     batch = pk_batch(100 + step)
     if mesh is not None:
       batch = sharding.shard_batch(batch, mesh)
-    params, batch_stats, opt_state, loss = step_fn(params, batch_stats, opt_state, batch)
-    loss_values.append(np.asarray(loss))
-  out = {"loss": np.stack(loss_values)}
+    state, metrics = train_step(state, batch, spec)
+    loss_values.append(np.asarray(metrics["loss"]))
+  params, batch_stats = state.params, state.batch_stats
+  out = {"loss": np.stack(loss_values), "centroids": np.asarray(state.centroids)}
   if mesh is None or mesh.size == 1:
     # What per-device statistics (pmap without a cross-replica mean) would
     # give: the statistics of one device's 2 examples instead of all 16.

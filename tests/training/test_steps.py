@@ -93,7 +93,8 @@ def test_classifier_head_and_embed_dataset_padding():
   out = embed_dataset(state, images, batch_size=4)
   assert out["embedding"].shape == (7, 3) and out["logits"].shape == (7, 4)
   direct = state.apply_fn({"params": state.params}, images)
-  np.testing.assert_allclose(out["embedding"], np.asarray(direct["embedding"]), atol=1e-6)
+  # float32 params; batches of 4 and of 7 may run different conv kernels (1.2e-6 seen on AVX-512).
+  np.testing.assert_allclose(out["embedding"], np.asarray(direct["embedding"]), atol=1e-5)
 
 
 def test_loss_spec_rejects_bad_values():
