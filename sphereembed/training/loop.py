@@ -388,15 +388,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     embeddings = result.pop("embeddings")
     result.pop("predictions")
     test_outputs = result.pop("outputs")
+    confidence_inputs = None
     if (validation is not None or ood is not None or config.confidence
         or config.dataset in cifar.CIFAR_FOLDERS):
-      result.update(confidence_eval.evaluate_confidence(
-          test_outputs, test.labels, np.asarray(state.centroids),
+      confidence_inputs = dict(
           validation_outputs=(embed_dataset(state, validation.images, config.eval_batch_size)
                               if validation is not None else None),
           validation_labels=validation.labels if validation is not None else None,
           ood_outputs=(embed_dataset(state, ood.images, config.eval_batch_size)
-                       if ood is not None else None)))
+                       if ood is not None else None))
+      result.update(confidence_eval.evaluate_confidence(
+          test_outputs, test.labels, np.asarray(state.centroids), **confidence_inputs))
     writer.write_scalars(num_train_steps, {k: v for k, v in result.items()
                                            if isinstance(v, float)})
   finally:
@@ -438,6 +440,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           embeddings, test_outputs["kappa"], labels=test.labels,
           path=os.path.join(workdir, "embeddings_kappa.png"),
           title="test embeddings coloured by kappa")
+    if confidence_inputs is not None:
+      confidence_eval.plot_confidence_figures(workdir, test_outputs, test.labels,
+                                              np.asarray(state.centroids), **confidence_inputs)
     plotting.plot_training_curves(records, os.path.join(workdir, "training_curves.png"),
                                   keys=("train_loss", "test_accuracy", "train_alpha"))
   logging.info("Final: %s", json.dumps({k: v for k, v in final.items() if k != "data_source"}))

@@ -165,6 +165,9 @@ def test_confidence_run_reports_calibration_and_ood(tmp_path, confidence, head_k
   assert metrics[f"{head_key}/accuracy"] == metrics["centroid/accuracy"] == metrics["test_accuracy"]
   if confidence == "vmf":
     assert os.path.getsize(tmp_path / "run" / "embeddings_kappa.png") > 0
+  for figure in (f"confidence_boxplot_{head_key}.png", f"reliability_{head_key}_isotonic.png",
+                 "risk_coverage.png", "ood_roc.png"):
+    assert os.path.getsize(tmp_path / "run" / figure) > 0
 
 
 def test_validation_split_is_held_out(fake_dir):
