@@ -4,6 +4,7 @@ Usage:
   python -m experiments.summarize runs/ncl_2d/* runs/ncl_128d/*
   python -m experiments.summarize runs/final6/vmf2_s* \
       --metrics=kappa/ood_auroc,kappa/isotonic/ece,softmax/ood_auroc
+  python -m experiments.summarize --hib runs/hib/*      # experiments.ndigit runs
 
 Runs are grouped by their ``config.json`` with the seed left out (so the
 seeds of one config form a row) and labelled by (dataset, loss, distance,
@@ -82,12 +83,51 @@ def summarize(workdirs: list[str], metrics: tuple[str, ...] = ()) -> str:
   return "\n".join(lines + sorted(rows))
 
 
+# The talk's N = 2, D = 2 numbers (clean verification AP, clean kNN accuracy).
+TALK_HIB = {"point": (0.987, 0.871), "MoG-1": (0.989, 0.879), "MoG-2": (0.990, 0.888)}
+_HIB_COLUMNS = ("verification_ap_clean", "verification_ap_corrupted", "knn_accuracy_clean",
+                "knn_accuracy_corrupted", "eta_ap_spearman_clean", "eta_ap_spearman_corrupted",
+                "eta_knn_spearman_clean", "eta_knn_spearman_corrupted")
+
+
+def summarize_hib(workdirs: list[str]) -> str:
+  """The HIB table of ``experiments.ndigit`` runs: one row per (N, D, model), mean ± std over seeds."""
+  groups = collections.defaultdict(list)
+  for workdir in workdirs:
+    path = os.path.join(workdir, "metrics.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+      groups[(result["num_digits"], result["embedding_dim"], result["num_components"])].append(result)
+  if not groups:
+    raise SystemExit(f"No metrics.json under {workdirs}.")
+  header = ["N", "D", "model", *(c.replace("_", " ") for c in _HIB_COLUMNS), "seeds",
+            "train time (s)"]
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  for (digits, dim, components), runs in sorted(groups.items()):
+    model = "point" if components == 0 else f"MoG-{components}"
+    cells = [str(digits), str(dim), model]
+    for column in _HIB_COLUMNS:
+      cell = _mean_std([r.get(column, np.nan) for r in runs], digits=3)
+      talk = TALK_HIB.get(model) if (digits, dim) == (2, 2) else None
+      if talk and column in ("verification_ap_clean", "knn_accuracy_clean"):
+        cell += f" ({talk[column.startswith('knn')]:.3f})"
+      cells.append(cell)
+    cells += [str(len(runs)), f"{np.mean([r['train_seconds_this_run'] for r in runs]):.0f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--metrics", default="", help="comma-separated metrics.json keys")
+  parser.add_argument("--hib", action="store_true", help="experiments.ndigit runs")
   args = parser.parse_args(argv)
-  print(summarize(args.workdirs, tuple(m for m in args.metrics.split(",") if m)))
+  if args.hib:
+    print(summarize_hib(args.workdirs))
+  else:
+    print(summarize(args.workdirs, tuple(m for m in args.metrics.split(",") if m)))
 
 
 if __name__ == "__main__":

@@ -96,3 +96,17 @@ def test_summarize_groups_seeds_into_mean_and_std(tmp_path):
                               metrics=("kappa/ood_auroc",))
   assert "| mnist | ncl | euclidean | 2 | None | 98.50 ± 0.71 | 98.50 ± 0.71 | — | 2 | 15 |" in table
   assert "| mnist | ncl | euclidean | 2 | vmf | 97.00 ± 0.00 | — | 0.8500 ± 0.0707 | 2 | 10 |" in table
+
+
+def test_summarize_hib_groups_models_and_shows_the_talks_numbers(tmp_path):
+  from experiments import summarize
+  for seed, ap in enumerate((0.98, 0.96)):
+    workdir = tmp_path / f"mog1_{seed}"
+    workdir.mkdir()
+    (workdir / "metrics.json").write_text(json.dumps({
+        "num_digits": 2, "embedding_dim": 2, "num_components": 1, "verification_ap_clean": ap,
+        "knn_accuracy_clean": 0.9, "eta_ap_spearman_clean": float("nan"),
+        "train_seconds_this_run": 100.0}))
+  table = summarize.summarize_hib([str(p) for p in sorted(tmp_path.iterdir())])
+  assert "| 2 | 2 | MoG-1 | 0.970 ± 0.014 (0.989) | — | 0.900 ± 0.000 (0.879) | — | — |" in table
+  assert table.rstrip().endswith("| 2 | 100 |")
