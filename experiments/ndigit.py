@@ -18,7 +18,6 @@ protocol of the evaluation is in :mod:`sphereembed.training.hib`.
 
 from __future__ import annotations
 
-import datetime
 import os
 
 from absl import app
@@ -26,41 +25,21 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+# Importing experiments.mnist defines the --config and --workdir flags, shared by every command.
+from experiments import mnist
 from sphereembed.training.hib import train_and_evaluate
 
-# Not imported from experiments.mnist: importing it would define its flags a second time.
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file with get_config().", lock_config=True)
-flags.DEFINE_string("workdir", None, "Output folder; default: runs/<config>/<time>.")
-
-
-def default_workdir(config_path: str, now: datetime.datetime | None = None) -> str:
-  """``runs/<config file stem>/<YYYYmmdd-HHMMSS>``: never an earlier run's folder."""
-  stem = os.path.splitext(os.path.basename(config_path))[0]
-  stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
-  path = os.path.join("runs", stem, stamp)
-  suffix = 1
-  while os.path.exists(path):
-    suffix += 1
-    path = os.path.join("runs", stem, f"{stamp}-{suffix}")
-  return path
-
-
-class _QuietLibraries:
-  """Drops the INFO chatter of orbax's checkpoint threads from the absl log."""
-
-  def filter(self, record) -> bool:
-    return record.levelno > logging.converter.STANDARD_INFO or "orbax" not in record.pathname
+FLAGS = mnist.FLAGS
 
 
 def main(argv):
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(mnist._QuietLibraries())  # pylint: disable=protected-access
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.config is None:
     raise app.UsageError("Pass --config=configs/hib_<name>.py (see configs/).")
-  workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
+  workdir = FLAGS.workdir or mnist.default_workdir(
+      config_flags.get_config_filename(FLAGS["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir))
   metrics = train_and_evaluate(FLAGS.config, workdir)
   print(f"HIB {metrics['model']} ({metrics['headline_set']} classes): verification AP clean "
