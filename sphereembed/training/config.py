@@ -11,7 +11,7 @@ import difflib
 
 import ml_collections
 
-__all__ = ["RESUME_SAFE_FIELDS", "cifar_config", "default_config", "validate_config"]
+__all__ = ["RESUME_SAFE_FIELDS", "check_fields", "cifar_config", "default_config", "validate_config"]
 
 # Fields that may change between an interrupted run and its resumption.
 RESUME_SAFE_FIELDS = frozenset({
@@ -202,28 +202,22 @@ _NON_NEGATIVE = ("max_train_examples", "max_test_examples", "validation_examples
                  "num_devices")
 
 
-def validate_config(config) -> ml_collections.ConfigDict:
-  """Checks a config against :func:`default_config`; returns a locked copy.
+def check_fields(config, default_fn, *, choices, positive=(), non_negative=()):
+  """The checks every config schema shares; returns a complete, unlocked copy.
 
-  Args:
-    config: a ``ConfigDict`` (or a dict) with a subset of the default fields.
-      Missing fields take their default.
-
-  Returns:
-    A complete, locked ``ConfigDict``.
-
-  Raises:
-    ValueError: on an unknown field (with the closest known names), a value
-      of the wrong type or an out-of-range value.
+  Rejects unknown fields (naming the closest known ones), values of another
+  type than the field's default, non-integer ints, values outside
+  ``choices[field]`` and non-positive / negative values of the listed fields.
+  Missing fields take their default from ``default_fn()``.
   """
-  reference = default_config()
+  reference = default_fn()
   given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
   unknown = sorted(set(given) - set(reference))
   if unknown:
     hints = {k: difflib.get_close_matches(k, list(reference), n=2) for k in unknown}
     raise ValueError(f"Unknown config field(s) {unknown}; did you mean {hints}? "
                      f"Known fields: {sorted(reference)}.")
-  merged = default_config()
+  merged = default_fn()
   for key, value in given.items():
     default = reference[key]
     if isinstance(default, bool) != isinstance(value, bool) or (
@@ -241,15 +235,34 @@ def validate_config(config) -> ml_collections.ConfigDict:
     if isinstance(default, tuple):
       value = tuple(value)
     merged[key] = value
-  for key, choices in _CHOICES.items():
-    if merged[key] not in choices:
-      raise ValueError(f"config.{key} must be one of {choices}, got {merged[key]!r}.")
-  for key in _POSITIVE:
+  for key, allowed in choices.items():
+    if merged[key] not in allowed:
+      raise ValueError(f"config.{key} must be one of {allowed}, got {merged[key]!r}.")
+  for key in positive:
     if not merged[key] > 0:
       raise ValueError(f"config.{key} must be > 0, got {merged[key]!r}.")
-  for key in _NON_NEGATIVE:
+  for key in non_negative:
     if not merged[key] >= 0:
       raise ValueError(f"config.{key} must be >= 0, got {merged[key]!r}.")
+  return merged
+
+
+def validate_config(config) -> ml_collections.ConfigDict:
+  """Checks a config against :func:`default_config`; returns a locked copy.
+
+  Args:
+    config: a ``ConfigDict`` (or a dict) with a subset of the default fields.
+      Missing fields take their default.
+
+  Returns:
+    A complete, locked ``ConfigDict``.
+
+  Raises:
+    ValueError: on an unknown field (with the closest known names), a value
+      of the wrong type or an out-of-range value.
+  """
+  merged = check_fields(config, default_config, choices=_CHOICES, positive=_POSITIVE,
+                        non_negative=_NON_NEGATIVE)
   if not 0 < merged.imbalanced_fraction <= 1:
     raise ValueError(f"config.imbalanced_fraction must lie in (0, 1], got "
                      f"{merged.imbalanced_fraction}.")

@@ -83,7 +83,6 @@ of :mod:`sphereembed.data.ndigit`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import math
@@ -112,6 +111,7 @@ from sphereembed.data import ndigit  # noqa: E402
 from sphereembed.data import pairs as pairs_lib  # noqa: E402
 from sphereembed.losses._hedged import ESTIMATORS  # noqa: E402
 from sphereembed.models.hib import HIBEmbedding  # noqa: E402
+from sphereembed.training import config as config_lib  # noqa: E402
 from sphereembed.training import metric_writers  # noqa: E402
 from sphereembed.training.checkpoints import Checkpointer  # noqa: E402
 
@@ -231,40 +231,8 @@ def validate_hib_config(config) -> ml_collections.ConfigDict:
     ValueError: on an unknown field (with the closest known names), a value
       of the wrong type, or an out-of-range value.
   """
-  reference = default_hib_config()
-  given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  unknown = sorted(set(given) - set(reference))
-  if unknown:
-    hints = {k: difflib.get_close_matches(k, list(reference), n=2) for k in unknown}
-    raise ValueError(f"Unknown config field(s) {unknown}; did you mean {hints}? "
-                     f"Known fields: {sorted(reference)}.")
-  merged = default_hib_config()
-  for key, value in given.items():
-    default = reference[key]
-    if isinstance(default, bool) != isinstance(value, bool) or (
-        isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
-        isinstance(default, str) and not isinstance(value, str)) or (
-        isinstance(default, tuple) and not isinstance(value, (tuple, list))):
-      raise ValueError(f"config.{key} must be of type {type(default).__name__} like its "
-                       f"default {default!r}, got {value!r}.")
-    if isinstance(default, int) and not isinstance(default, bool):
-      if float(value) != int(value):
-        raise ValueError(f"config.{key} must be an integer, got {value!r}.")
-      value = int(value)
-    elif isinstance(default, float):
-      value = float(value)
-    if isinstance(default, tuple):
-      value = tuple(value)
-    merged[key] = value
-  for key, choices in _CHOICES.items():
-    if merged[key] not in choices:
-      raise ValueError(f"config.{key} must be one of {choices}, got {merged[key]!r}.")
-  for key in _POSITIVE:
-    if not merged[key] > 0:
-      raise ValueError(f"config.{key} must be > 0, got {merged[key]!r}.")
-  for key in _NON_NEGATIVE:
-    if not merged[key] >= 0:
-      raise ValueError(f"config.{key} must be >= 0, got {merged[key]!r}.")
+  merged = config_lib.check_fields(config, default_hib_config, choices=_CHOICES,
+                                  positive=_POSITIVE, non_negative=_NON_NEGATIVE)
   if not 1 <= merged.num_digits <= 6:
     raise ValueError(f"config.num_digits must lie in [1, 6], got {merged.num_digits}.")
   if not 0 <= merged.positive_fraction <= 1:
