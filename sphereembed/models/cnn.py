@@ -110,6 +110,10 @@ class SmallCNN(nn.Module):
     hidden: width of the dense layer before the head.
     dropout_rate: dropout before the head (0 disables it; > 0 also serves MC
       dropout at test time with ``deterministic=False``).
+    batch_norm: batch normalisation after every conv and the dense layer
+      (before the ReLU; their biases are then dropped). Its running
+      statistics live in the ``"batch_stats"`` collection, which the train
+      state carries (``train=True`` updates them, ``train=False`` uses them).
     confidence: the head's per-sample confidence (see :class:`EmbeddingHead`).
     kappa_max: the upper bound of a ``"kappa"`` confidence.
     confidence_feature_gradient: whether the confidence loss trains the trunk
@@ -123,9 +127,15 @@ class SmallCNN(nn.Module):
   downsample: str = "stride"
   hidden: int = 128
   dropout_rate: float = 0.0
+  batch_norm: bool = False
   confidence: str | None = None
   kappa_max: float = 1000.0
   confidence_feature_gradient: bool = True
+
+  def _normalize(self, x: jax.Array, train: bool) -> jax.Array:
+    if not self.batch_norm:
+      return x
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -139,12 +149,13 @@ class SmallCNN(nn.Module):
       raise ValueError(f"downsample must be 'stride' or 'pool', got {self.downsample!r}.")
     stride = 2 if self.downsample == "stride" else 1
     for channels in self.features:
-      x = nn.Conv(channels, (self.kernel_size, self.kernel_size), strides=stride)(x)
-      x = nn.relu(x)
+      x = nn.Conv(channels, (self.kernel_size, self.kernel_size), strides=stride,
+                  use_bias=not self.batch_norm)(x)
+      x = nn.relu(self._normalize(x, train))
       if self.downsample == "pool":
         x = _max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden)(x))
+    x = nn.relu(self._normalize(nn.Dense(self.hidden, use_bias=not self.batch_norm)(x), train))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return EmbeddingHead(self.embedding_dim, self.num_classes, self.confidence, self.kappa_max,

@@ -69,6 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.downsample = "stride"  # or "pool" (stride-1 conv + 2x2 max pool)
   config.hidden = 128
   config.dropout_rate = 0.0
+  config.batch_norm = False  # small_cnn: batch norm after each conv and the dense layer
   config.classifier_head = False
 
   # Loss: "ncl", "triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all",
@@ -276,6 +277,9 @@ def validate_config(config) -> ml_collections.ConfigDict:
   if merged.model == "small_cnn" and merged.dtype != "float32":
     raise ValueError(f"config.dtype = {merged.dtype!r} needs a ResNet (config.model = "
                      "'resnet18' or 'resnet34'); the small CNN computes in float32.")
+  if merged.model != "small_cnn" and merged.batch_norm:
+    raise ValueError("config.batch_norm switches batch norm on in the small CNN; the ResNets "
+                     "always have it (leave config.batch_norm = False).")
   if merged.model != "small_cnn" and round(64 * merged.width) < 1:
     raise ValueError(f"config.width = {merged.width} leaves no channel (64 * width must round "
                      "to >= 1).")

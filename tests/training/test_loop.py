@@ -130,6 +130,7 @@ def test_balanced_sampler_and_class_weighting_run(fake_dir, tmp_path):
     ({"learning_rate": "fast"}, "must be of type float"),
     ({"imbalanced_fraction": 0.0}, "imbalanced_fraction"),
     ({"classifier_weight": 1.0}, "classifier_head"),
+    ({"model": "resnet18", "batch_norm": True}, "ResNets always have it"),
 ])
 def test_validate_config_rejects_bad_fields(bad, match):
   with pytest.raises(ValueError, match=match):

@@ -183,13 +183,18 @@ def test_confidence_feature_gradient_switch_keeps_the_trunk_on_the_embedding_los
   assert not np.allclose(shared["Dense_0"]["kernel"], plain["Dense_0"]["kernel"])
 
 
-def test_batch_norm_statistics_are_threaded_and_checkpointed(tmp_path):
+@pytest.mark.parametrize("backbone", ["resnet", "small_cnn"])
+def test_batch_norm_statistics_are_threaded_and_checkpointed(tmp_path, backbone):
   from sphereembed.models.resnet import CifarResNet
   from sphereembed.training.checkpoints import Checkpointer
   rng = np.random.default_rng(0)
   labels = np.repeat(np.arange(4), 4).astype(np.int32)
-  images = rng.integers(0, 255, size=(16, 32, 32, 3)).astype(np.uint8)
-  model = CifarResNet(8, stage_sizes=(1, 1), width=0.125)
+  if backbone == "resnet":
+    images = rng.integers(0, 255, size=(16, 32, 32, 3)).astype(np.uint8)
+    model = CifarResNet(8, stage_sizes=(1, 1), width=0.125)
+  else:
+    images = rng.integers(0, 255, size=(16, 28, 28, 1)).astype(np.uint8)
+    model = SmallCNN(8, features=(4, 8), hidden=16, batch_norm=True)
   state = create_train_state(model, optax.adam(1e-3), jax.random.PRNGKey(0), images[:1], 4)
   before = jax.tree_util.tree_map(np.asarray, state.batch_stats)
   assert before and set(state.variables()) == {"params", "batch_stats"}
