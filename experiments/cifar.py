@@ -17,6 +17,11 @@ internet). Without ``--workdir`` each run gets a fresh ``runs/<config>/<time>``;
 passing an interrupted run's workdir resumes it. Every run reports the
 nearest-centroid test accuracy and ACC@80% (the accuracy on the 80% of test
 images closest to their nearest centroid) in ``metrics.json``.
+
+On many hosts, run the command on each with ``--distributed`` (or
+``--coordinator_address=host0:1234 --num_processes=N --process_id=i``) and a
+shared ``--workdir``: the mesh spans every host's devices and each host feeds
+its own slice of every batch (see ``experiments.mnist`` and README.md).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-# Importing experiments.mnist defines the --config and --workdir flags, shared by both commands.
+# Importing experiments.mnist defines the --config, --workdir and multi-host flags, shared by
+# both commands.
 from experiments import mnist
 from sphereembed.training.loop import train_and_evaluate
 
@@ -41,6 +47,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.config is None:
     raise app.UsageError("Pass --config=configs/<name>.py (see configs/cifar*.py).")
+  mnist.initialize_distributed()
   workdir = FLAGS.workdir or mnist.default_workdir(
       config_flags.get_config_filename(FLAGS["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir))

@@ -10,6 +10,16 @@ Without ``--workdir`` each run gets a fresh folder ``runs/<config>/<time>``;
 passing the workdir of an interrupted run resumes it from its last checkpoint.
 The data is found as ``sphereembed.data.load_dataset`` explains
 (``--config.data_dir``, ``$SPHEREEMBED_DATA_DIR``, ``../shared/data``, TFDS).
+
+Many hosts: start the same command on every host with ``--distributed`` (Cloud
+TPU, SLURM, Open MPI: found automatically) or with
+``--coordinator_address=host0:1234 --num_processes=N --process_id=i``, and a
+``--workdir`` on a file system every host shares::
+
+  python -m experiments.mnist --config=configs/ncl_2d.py --workdir=/shared/runs/ncl_2d \
+      --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # on host0
+  python -m experiments.mnist --config=configs/ncl_2d.py --workdir=/shared/runs/ncl_2d \
+      --coordinator_address=host0:1234 --num_processes=2 --process_id=1   # on host1
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from sphereembed.training.loop import train_and_evaluate
@@ -28,6 +39,15 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config().", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder; default: runs/<config>/<time>.")
+# Multi-host runs (jax.distributed.initialize), shared by every command of experiments/.
+flags.DEFINE_bool("distributed", False,
+                  "Join a multi-process run: jax.distributed.initialize() before anything else, "
+                  "with the coordinator found automatically (Cloud TPU, SLURM, Open MPI) or "
+                  "given by the three flags below.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0's coordinator (implies --distributed).")
+flags.DEFINE_integer("num_processes", None, "How many processes (implies --distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, --num_processes).")
 
 
 def default_workdir(config_path: str, now: datetime.datetime | None = None) -> str:
@@ -40,6 +60,28 @@ def default_workdir(config_path: str, now: datetime.datetime | None = None) -> s
     suffix += 1
     path = os.path.join("runs", stem, f"{stamp}-{suffix}")
   return path
+
+
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize`` with the flags' arguments, when they ask for several processes.
+
+  Call it first in ``main``: before JAX does any computation. A multi-process
+  run needs an explicit ``--workdir`` (the default one carries the time, which
+  the hosts would not share).
+
+  Raises:
+    app.UsageError: several processes but no ``--workdir``.
+  """
+  given = {name: FLAGS[name].value for name in ("coordinator_address", "num_processes",
+                                                "process_id") if FLAGS[name].value is not None}
+  if not (FLAGS.distributed or given):
+    return
+  jax.distributed.initialize(**given)
+  logging.info("Process %d of %d: %d of the %d devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.process_count() > 1 and not FLAGS.workdir:
+    raise app.UsageError("A multi-process run needs --workdir, on a file system every host "
+                         "shares (checkpoints are written by all of them).")
 
 
 class _QuietLibraries:
@@ -55,6 +97,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.config is None:
     raise app.UsageError("Pass --config=configs/<name>.py (see configs/).")
+  initialize_distributed()
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir))
   metrics = train_and_evaluate(FLAGS.config, workdir)

@@ -21,7 +21,16 @@ class Checkpointer:
 
   The state is stored as its Flax state dict (params, optimiser state,
   centroids, RNG, step), so a checkpoint holds plain arrays and restores
-  into the structure of a freshly initialised state.
+  into the structure of a freshly initialised state, and into its
+  shardings: pass a state already replicated over the mesh
+  (:func:`sphereembed.training.sharding.replicate`) and the restored arrays
+  are replicated alike.
+
+  With several processes (``jax.distributed.initialize``), every process
+  creates the checkpointer and calls :meth:`save` and
+  :meth:`restore_or_keep` with its part of the same global state; orbax
+  synchronises them, process 0 writes the metadata and commits the step.
+  ``directory`` must then be on a file system every host shares.
 
   Args:
     directory: the checkpoint folder (created if missing).
@@ -37,7 +46,7 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state) -> None:
-    """Writes ``state`` as step ``step`` (waits until it is on disk)."""
+    """Writes ``state`` as step ``step`` (waits until it is on disk; every process calls it)."""
     self._manager.save(int(step), args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
     self._manager.wait_until_finished()
 

@@ -13,11 +13,23 @@ local devices (:mod:`sphereembed.training.sharding`): every batch is split
 over the mesh's ``data`` axis and the train state (parameters, optimiser
 state, centroids, batch-norm statistics) is replicated, so XLA computes the
 loss, gradients, centroid sums and batch-norm statistics of the whole batch.
-The same code runs on one CPU, on simulated CPU devices
-(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and on the GPUs of
-one host. The loop is single-process: for several hosts, follow the recipe in
-:mod:`sphereembed.training.sharding` (``jax.distributed.initialize``, one
-slice of the global batch per host).
+Evaluation splits its chunks over the mesh alike. The same code runs on one
+CPU, on simulated CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``), on the GPUs of one
+host and on many hosts.
+
+Many hosts: start one process per host and call ``jax.distributed.initialize``
+before anything else (``experiments.mnist`` / ``experiments.cifar``
+``--distributed``). The mesh then spans the devices of every process; every
+process computes the same global batch indices (the samplers are functions of
+the seed and the epoch) and gathers and augments only its own rows
+(:func:`sphereembed.training.sharding.process_rows`), with the random draws of
+the global batch, so N processes train exactly as one process with the same
+global batch and device count. Every process takes part in evaluation (the
+embeddings are gathered onto all of them) and in the orbax checkpoints (the
+workdir must be on a file system all hosts share); only process 0 writes
+``config.json``, ``metrics.jsonl``, TensorBoard events, ``metrics.json`` and
+the figures.
 """
 
 from __future__ import annotations
@@ -46,7 +58,8 @@ from sphereembed.training import metric_writers
 from sphereembed.training import sharding
 from sphereembed.training.checkpoints import Checkpointer
 from sphereembed.training.state import TrainState, create_train_state, state_summary
-from sphereembed.training.steps import LossSpec, embed_dataset, nearest_centroid, train_step
+from sphereembed.training.steps import (LossSpec, embed_dataset, embed_step, nearest_centroid,
+                                        train_step)
 
 __all__ = ["evaluate", "train_and_evaluate"]
 
@@ -173,12 +186,15 @@ def _make_optimizer(config, num_train_steps: int) -> optax.GradientTransformatio
 
 
 def _make_mesh(config):
-  """The 1-D data mesh of ``config.num_devices`` local devices (0 = all)."""
+  """The 1-D data mesh of ``config.num_devices`` local devices (0 = all), or of every host's."""
   if jax.process_count() > 1:
-    raise ValueError(
-        f"train_and_evaluate runs in one process, but {jax.process_count()} were started; "
-        "multi-host training needs one slice of the global batch per host (see "
-        "sphereembed.training.sharding).")
+    # Each host feeds its own devices, so the mesh must include all of them.
+    if config.num_devices not in (0, jax.device_count()):
+      raise ValueError(
+          f"config.num_devices = {config.num_devices}, but with {jax.process_count()} processes "
+          f"the mesh spans the {jax.device_count()} devices of all of them; leave it 0 (or set "
+          f"{jax.device_count()}).")
+    return sharding.make_mesh()
   devices = jax.local_devices()
   if config.num_devices > len(devices):
     raise ValueError(f"config.num_devices = {config.num_devices}, but only {len(devices)} "
@@ -200,29 +216,99 @@ def _check_batch_fits_mesh(config, sampler, num_examples: int, mesh) -> None:
   """Every batch must split evenly over the mesh; fail before any work."""
   size, what = _global_batch(config, sampler, num_examples)
   if size % mesh.size:
+    processes = jax.process_count()
     raise ValueError(
-        f"{what} = {size} does not split over the {mesh.size} devices of the mesh; use a "
-        f"multiple of {mesh.size}, or fewer devices (config.num_devices).")
+        f"{what} = {size} does not split over the {mesh.size} devices of the mesh"
+        + (f" ({processes} processes)" if processes > 1 else "")
+        + f"; use a multiple of {mesh.size}"
+        + (", or fewer devices (config.num_devices)." if processes == 1 else "."))
 
 
-def _train_batches(config, train: data_lib.Split, sampler, weights, start_step: int):
-  """Host batches of global steps ``start_step + 1, ...``, augmented from ``(seed, step)``."""
+class _RowDraws:
+  """A ``np.random.Generator`` for augmenting rows ``rows`` of a global batch of ``size``.
+
+  The augmentations draw one value per image (arrays whose last axis is the
+  batch). This draws them for the whole global batch and returns this
+  process's rows, so a host that gathers and transforms only its own images
+  gives each of them the augmentation a one-process run gives it.
+
+  Args:
+    rng: the generator of the global batch.
+    rows: this process's rows.
+    size: the global batch size.
+  """
+
+  def __init__(self, rng: np.random.Generator, rows: slice, size: int):
+    self._rng, self._rows, self._size = rng, rows, size
+    self._local = len(range(size)[rows])
+
+  def _draw(self, method: str, size, **kwargs) -> np.ndarray:
+    shape = tuple(int(n) for n in np.atleast_1d(size)) if size is not None else ()
+    if not shape or shape[-1] != self._local:
+      raise ValueError(f"An augmentation drew {method}(size={size}); a multi-process run "
+                       f"augments its {self._local} rows only with per-image draws (last axis).")
+    draws = getattr(self._rng, method)(size=shape[:-1] + (self._size,), **kwargs)
+    return draws[..., self._rows]
+
+  def integers(self, low, high=None, size=None, **kwargs) -> np.ndarray:
+    return self._draw("integers", size, low=low, high=high, **kwargs)
+
+  def random(self, size=None, **kwargs) -> np.ndarray:
+    return self._draw("random", size, **kwargs)
+
+
+def _train_batches(config, train: data_lib.Split, sampler, weights, start_step: int,
+                   rows: slice = slice(None)):
+  """This process's ``rows`` of the batches of steps ``start_step + 1, ...``.
+
+  Augmented from ``(seed, step)``: a resumed run, or a run with another
+  number of processes, draws the same augmentation for every image.
+  """
   for step, indices in enumerate(sampler.iterate(start_step=start_step), start=start_step + 1):
-    images = train.images[indices]
+    local = indices[rows]
+    images = train.images[local]
+    part = len(local) < len(indices)  # several processes: this one's rows only
     if config.random_shift:
-      # Seeded by (seed, step): a resumed run draws the same shifts.
-      images = augment.random_translate(images, config.random_shift,
-                                        np.random.default_rng([config.seed, step]))
+      rng = np.random.default_rng([config.seed, step])
+      images = augment.random_translate(
+          images, config.random_shift, _RowDraws(rng, rows, len(indices)) if part else rng)
     if config.augment == "crop_flip":
-      images = cifar.augment_batch(images, seed=config.seed, step=step)
-    batch = {"image": images, "label": train.labels[indices]}
+      if part:
+        # cifar.augment_batch's generator, for this process's rows.
+        rng = np.random.default_rng(
+            [config.seed, step, cifar._AUGMENT_STREAM])  # pylint: disable=protected-access
+        images = cifar.random_crop_flip(images, _RowDraws(rng, rows, len(indices)))
+      else:
+        images = cifar.augment_batch(images, seed=config.seed, step=step)
+    batch = {"image": images, "label": train.labels[local]}
     if weights is not None:
-      batch["weight"] = weights[indices]
+      batch["weight"] = weights[local]
     yield batch
 
 
+def _embed_dataset(state: TrainState, images, batch_size: int, mesh) -> dict[str, np.ndarray]:
+  """:func:`embed_dataset` with every chunk split over the devices of ``mesh``.
+
+  Each process embeds its rows of every chunk; the outputs are gathered onto
+  every process, which all return the same arrays.
+  """
+  # A chunk size the mesh divides; the last chunk is padded: one compiled shape.
+  size = -(-batch_size // mesh.size) * mesh.size
+  rows = sharding.process_rows(mesh, size)
+  outputs = []
+  for start in range(0, len(images), size):
+    chunk = np.asarray(images[start:start + size])
+    count = len(chunk)
+    if count < size:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
+    out = sharding.to_host(embed_step(state, sharding.shard_batch(chunk[rows], mesh)))
+    outputs.append({key: value[:count] for key, value in out.items()})
+  return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
+
+
 def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_circle",
-             batch_size: int = 1000, train: data_lib.Split | None = None) -> dict[str, Any]:
+             batch_size: int = 1000, train: data_lib.Split | None = None,
+             mesh=None) -> dict[str, Any]:
   """Nearest-centroid accuracy of the test set, and optionally against train class means.
 
   Args:
@@ -233,16 +319,25 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
     train: when given, its class means (re-normalised) serve as a second set
       of prototypes (``test_accuracy_class_means``): the usual protocol for
       losses that have no centroids of their own.
+    mesh: when given (the state replicated over it), every chunk of images
+      is split over its devices, those of every process included; every
+      process gets the same result.
 
   Returns:
     ``{"test_accuracy": ..., ...}`` plus the test embeddings, predictions and
     all model outputs under ``"embeddings"``, ``"predictions"`` and
     ``"outputs"`` (NumPy arrays).
   """
-  outputs = embed_dataset(state, test.images, batch_size)
+  def embed(images):
+    if mesh is None:
+      return embed_dataset(state, images, batch_size)
+    return _embed_dataset(state, images, batch_size, mesh)
+
+  outputs = embed(test.images)
   embeddings = outputs["embedding"]
-  predictions = np.asarray(nearest_centroid(embeddings, state.centroids, metric))
-  num_classes = state.centroids.shape[0]
+  centroids = sharding.to_host(state.centroids)
+  predictions = np.asarray(nearest_centroid(embeddings, centroids, metric))
+  num_classes = centroids.shape[0]
   correct = predictions == test.labels
   per_class = [float(np.mean(correct[test.labels == k])) if np.any(test.labels == k) else None
                for k in range(num_classes)]
@@ -257,7 +352,7 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
     result["test_accuracy_classifier"] = float(
         np.mean(np.argmax(outputs["logits"], -1) == test.labels))
   if train is not None:
-    train_embeddings = embed_dataset(state, train.images, batch_size)["embedding"]
+    train_embeddings = embed(train.images)["embedding"]
     sums = np.zeros((num_classes, embeddings.shape[1]), np.float64)
     np.add.at(sums, train.labels, train_embeddings)
     means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
@@ -267,8 +362,8 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
   return result
 
 
-def _check_resumable(config, workdir: str) -> None:
-  """Refuses to resume a run whose training-relevant config differs."""
+def _check_resumable(config, workdir: str, write: bool = True) -> None:
+  """Refuses to resume a run whose training-relevant config differs; ``write``: saves the config."""
   path = os.path.join(workdir, "config.json")
   current = config.to_dict()
   if os.path.exists(path):
@@ -284,8 +379,11 @@ def _check_resumable(config, workdir: str) -> None:
       raise ValueError(
           f"{workdir} holds a run with a different config (fields {changed}); resuming it would "
           "mix two experiments. Use another --workdir, or delete that one.")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(current, f, indent=1, default=list)
+  if write:
+    # Written whole, then renamed: other processes never read half a file.
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(current, f, indent=1, default=list)
+    os.replace(path + ".tmp", path)
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -308,18 +406,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   Raises:
     ValueError: a bad config, more devices than exist, or a batch that does
-      not split evenly over the devices.
+      not split evenly over the devices (of every process, when
+      ``jax.distributed.initialize`` started several).
     DataNotFoundError: no source has the dataset (the message says how to
       provide it).
   """
   config = config_lib.validate_config(config)
+  # Process 0 owns the run's files; every process trains, evaluates and checkpoints.
+  primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  _check_resumable(config, workdir)
+  _check_resumable(config, workdir, write=primary)
   dataset, train, test, validation, ood = _prepare_data(config)
   num_classes = dataset.num_classes
   sampler = _make_sampler(config, train)
   mesh = _make_mesh(config)
   _check_batch_fits_mesh(config, sampler, len(train), mesh)
+  # Every process draws the same global batches and feeds its own rows of them.
+  rows = sharding.process_rows(mesh, _global_batch(config, sampler, len(train))[0])
   num_train_steps = config.num_epochs * sampler.num_batches
   weights = (data_lib.class_weights(train.labels, num_classes)[train.labels]
              if config.class_weighting else None)
@@ -327,34 +430,38 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   tx = _make_optimizer(config, num_train_steps)
   model = _make_model(config, num_classes, train)
   spec = _loss_spec(config)
-  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), train.images[:1],
-                             num_classes)
+  # The same seed on every process: the same initial state, replicated.
+  state = sharding.replicate(create_train_state(
+      model, tx, jax.random.PRNGKey(config.seed), train.images[:1], num_classes), mesh)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   try:
+    # Restored straight into the replicated shardings, on every process.
     state = checkpointer.restore_or_keep(state)
   except BaseException:
     checkpointer.close()  # no orbax threads left behind by a failed restore
     raise
-  start_step = int(state.step)
-  state = sharding.replicate(state, mesh)
-  writer = metric_writers.create_default_writer(workdir, tensorboard=config.tensorboard)
+  start_step = int(sharding.to_host(state.step))
+  writer = metric_writers.create_default_writer(workdir, tensorboard=config.tensorboard,
+                                                just_logging=not primary)
   if start_step == 0:
-    parameter_overview.log_parameter_overview(state.params)
+    parameter_overview.log_parameter_overview(sharding.to_host(state.params))
     writer.write_hparams({**config.to_dict(), **state_summary(state),
                           "data_source": dataset.source, "num_train_examples": len(train)})
   logging.info("%s: %d train / %d test examples from %s; %d steps (%d per epoch), starting at %d; "
-               "%s on %d %s device(s)", config.dataset, len(train), len(test), dataset.source,
-               num_train_steps, sampler.num_batches, start_step, config.model, mesh.size,
-               mesh.devices.flat[0].platform)
+               "%s on %d %s device(s) of %d process(es), rows %d:%d of every batch here",
+               config.dataset, len(train), len(test), dataset.source, num_train_steps,
+               sampler.num_batches, start_step, config.model, mesh.size,
+               mesh.devices.flat[0].platform, jax.process_count(), rows.start, rows.stop)
 
   progress = metric_writers.ReportProgress(num_train_steps, config.log_every_steps, writer)
   eval_every = config.eval_every_steps or sampler.num_batches
   # A background thread gathers, augments and shards the next batches while
   # the devices run the current step.
-  batches = cifar.prefetch(_train_batches(config, train, sampler, weights, start_step),
+  batches = cifar.prefetch(_train_batches(config, train, sampler, weights, start_step, rows),
                            config.prefetch_batches,
                            transform=lambda batch: sharding.shard_batch(batch, mesh))
   pending: list[dict[str, jax.Array]] = []
+  last_train_loss = None
   train_start = time.monotonic()
   try:
     progress(start_step)
@@ -364,8 +471,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       pending.append(metrics)
       last = step == num_train_steps
       if step % config.log_every_steps == 0 or last:
-        summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+        summary = {k: float(np.mean([m[k] for m in sharding.to_host(pending)]))
+                   for k in pending[0]}
         pending = []
+        last_train_loss = summary["loss"]
         writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
         progress(step, extra=f"loss={summary['loss']:.4f}")
         if not np.isfinite(summary["loss"]):
@@ -375,7 +484,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       else:
         progress(step)
       if (step % eval_every == 0 and not last):
-        result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size)
+        result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size,
+                          mesh=mesh)
         writer.write_scalars(step, {"test_accuracy": result["test_accuracy"],
                                     "test_balanced_accuracy": result["test_balanced_accuracy"]})
       if step % config.checkpoint_every_steps == 0 or last:
@@ -384,21 +494,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     train_seconds = time.monotonic() - train_start
 
     result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size,
-                      train=train)
+                      train=train, mesh=mesh)
     embeddings = result.pop("embeddings")
     result.pop("predictions")
     test_outputs = result.pop("outputs")
+    centroids = sharding.to_host(state.centroids)
     confidence_inputs = None
     if (validation is not None or ood is not None or config.confidence
         or config.dataset in cifar.CIFAR_FOLDERS):
       confidence_inputs = dict(
-          validation_outputs=(embed_dataset(state, validation.images, config.eval_batch_size)
-                              if validation is not None else None),
+          validation_outputs=(_embed_dataset(state, validation.images, config.eval_batch_size,
+                                             mesh) if validation is not None else None),
           validation_labels=validation.labels if validation is not None else None,
-          ood_outputs=(embed_dataset(state, ood.images, config.eval_batch_size)
+          ood_outputs=(_embed_dataset(state, ood.images, config.eval_batch_size, mesh)
                        if ood is not None else None))
       result.update(confidence_eval.evaluate_confidence(
-          test_outputs, test.labels, np.asarray(state.centroids), **confidence_inputs))
+          test_outputs, test.labels, centroids, **confidence_inputs))
     writer.write_scalars(num_train_steps, {k: v for k, v in result.items()
                                            if isinstance(v, float)})
   finally:
@@ -407,14 +518,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     batches.close()
     writer.close()
     checkpointer.close()
-  records = metric_writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  train_losses = [r["train_loss"] for r in records if "train_loss" in r]
+  records = (metric_writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if primary
+             else [])
+  if last_train_loss is None:  # resumed after the last step: the loss of the earlier run
+    train_losses = [r["train_loss"] for r in records if "train_loss" in r]
+    last_train_loss = train_losses[-1] if train_losses else float("nan")
   if "centroid/accuracy_at_80" in result:
     # ACC@80%: accuracy on the 80% of test images closest to their nearest centroid.
     result["test_accuracy_at_80"] = result["centroid/accuracy_at_80"]
   final = {
       **result,
-      "final_train_loss": train_losses[-1] if train_losses else float("nan"),
+      "final_train_loss": last_train_loss,
       "num_train_steps": num_train_steps,
       "resumed_from_step": start_step,
       "train_seconds_this_run": train_seconds,
@@ -426,14 +540,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   }
   # Training throughput of this run, compilation and periodic evaluations included.
   images_seen = (num_train_steps - start_step) * _global_batch(config, sampler, len(train))[0]
-  final.update(model=config.model, num_devices=mesh.size,
+  final.update(model=config.model, num_devices=mesh.size, num_processes=jax.process_count(),
                train_images_per_second=images_seen / max(train_seconds, 1e-9))
-  with open(os.path.join(workdir, "metrics.json"), "w", encoding="utf-8") as f:
-    json.dump(final, f, indent=1)
-  if config.figures:
+  if primary:
+    with open(os.path.join(workdir, "metrics.json"), "w", encoding="utf-8") as f:
+      json.dump(final, f, indent=1)
+  if config.figures and primary:
     title = (f"{config.loss}, {config.embedding_dim}-D, {config.dataset}: nearest-centroid "
              f"test accuracy {100 * result['test_accuracy']:.2f}%")
-    plotting.plot_embeddings(embeddings, test.labels, np.asarray(state.centroids),
+    plotting.plot_embeddings(embeddings, test.labels, centroids,
                              os.path.join(workdir, "embeddings.png"), title=title)
     if "kappa" in test_outputs and config.embedding_dim in (2, 3):
       plotting.plot_embeddings_by_confidence(
@@ -441,8 +556,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           path=os.path.join(workdir, "embeddings_kappa.png"),
           title="test embeddings coloured by kappa")
     if confidence_inputs is not None:
-      confidence_eval.plot_confidence_figures(workdir, test_outputs, test.labels,
-                                              np.asarray(state.centroids), **confidence_inputs)
+      confidence_eval.plot_confidence_figures(workdir, test_outputs, test.labels, centroids,
+                                              **confidence_inputs)
     plotting.plot_training_curves(records, os.path.join(workdir, "training_curves.png"),
                                   keys=("train_loss", "test_accuracy", "train_alpha"))
   logging.info("Final: %s", json.dumps({k: v for k, v in final.items() if k != "data_source"}))

@@ -122,8 +122,19 @@ class MultiWriter(MetricWriter):
       writer.close()
 
 
-def create_default_writer(logdir: str, *, tensorboard: bool = True) -> MultiWriter:
-  """JSON lines (``metrics.jsonl``), TensorBoard events and the absl log."""
+def create_default_writer(logdir: str, *, tensorboard: bool = True,
+                          just_logging: bool = False) -> MultiWriter:
+  """JSON lines (``metrics.jsonl``), TensorBoard events and the absl log.
+
+  Args:
+    logdir: the folder of ``metrics.jsonl`` and ``tensorboard/``.
+    tensorboard: also write TensorBoard event files.
+    just_logging: only the absl log, no files (as CLU's writer: every host
+      but the first of a multi-host run passes ``jax.process_index() > 0``,
+      so that one process owns the files).
+  """
+  if just_logging:
+    return MultiWriter([LoggingWriter()])
   writers: list[MetricWriter] = [JsonlWriter(os.path.join(logdir, "metrics.jsonl")),
                                  LoggingWriter()]
   if tensorboard:

@@ -24,21 +24,30 @@ GPUs)::
   for batch in batches:  # global batches, size divisible by mesh.size
     state, metrics = train_step(state, shard_batch(batch, mesh), spec)
 
-Many hosts: start the same program on every host, call
-``jax.distributed.initialize()`` first (on Cloud TPU and under SLURM or
-Open MPI it finds the coordinator itself; elsewhere pass
-``coordinator_address="host0:1234", num_processes=N, process_id=i``), then
-build the mesh over all devices of all hosts (``make_mesh()``). Every host
-creates the same initial state (same seed) and calls :func:`replicate`;
-each host feeds its own part of the global batch (e.g. a sampler seeded
-with ``seed + jax.process_index()``, or a global sampler's batch sliced
-``[i * B // N:(i + 1) * B // N]`` for process ``i``) to :func:`shard_batch`,
-which assembles the global array with
-``jax.make_array_from_process_local_data``: the global batch is the
-hosts' batches concatenated in process order. Metrics come back fully
-replicated (``float(metrics["loss"])`` works on every host); write logs and
-checkpoints from ``jax.process_index() == 0`` (Orbax coordinates
-multi-host checkpoints itself).
+Many hosts (multi-controller JAX: one process per host, each driving its
+local devices): every process calls ``jax.distributed.initialize()`` first
+(on Cloud TPU and under SLURM or Open MPI it finds the coordinator itself;
+elsewhere pass ``coordinator_address="host0:1234", num_processes=N,
+process_id=i``; on CPU the collectives go over gloo), then runs the same
+program on a mesh over the devices of every host (``make_mesh()``)::
+
+  mesh = make_mesh()                                 # jax.devices(): all hosts
+  state = replicate(create_train_state(...), mesh)   # same seed on every host
+  rows = process_rows(mesh, global_batch_size)       # this host's slice
+  for indices in sampler:                            # the same global indices everywhere
+    local = {"image": images[indices[rows]], "label": labels[indices[rows]]}
+    state, metrics = train_step(state, shard_batch(local, mesh), spec)
+  centroids = to_host(state.centroids)               # NumPy, on every host
+
+:func:`shard_batch` assembles the global array with
+``jax.make_array_from_process_local_data``: the global batch is the hosts'
+slices in mesh order, so a run on N hosts sees exactly the batches of a run
+in one process. Metrics come back fully replicated (``float(metrics["loss"])``
+works on every host); :func:`to_host` gathers sharded outputs (e.g.
+embeddings) onto every host. Write logs and figures from
+``jax.process_index() == 0`` only; every host takes part in Orbax
+checkpoints (on a file system all hosts share).
+:func:`sphereembed.training.loop.train_and_evaluate` does all of this.
 
 References:
   https://docs.jax.dev/en/latest/notebooks/Distributed_arrays_and_automatic_parallelization.html
@@ -50,6 +59,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -57,9 +67,11 @@ __all__ = [
     "DATA_AXIS",
     "batch_sharding",
     "make_mesh",
+    "process_rows",
     "replicate",
     "replicated_sharding",
     "shard_batch",
+    "to_host",
 ]
 
 #: The name of the mesh axis the batch is split over.
@@ -89,7 +101,9 @@ def make_mesh(num_devices: int | None = None, *,
     >>> print(mesh.axis_names, mesh.size)
     ('data',) 1
   """
-  devices = list(jax.devices() if devices is None else devices)
+  # Grouped by process (a stable sort: one process keeps its order), so that
+  # every host feeds one contiguous slice of the batch (process_rows).
+  devices = sorted(jax.devices() if devices is None else devices, key=lambda d: d.process_index)
   if num_devices is None:
     num_devices = len(devices)
   if isinstance(num_devices, bool) or not 1 <= int(num_devices) <= len(devices):
@@ -177,3 +191,69 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
 
   return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def process_rows(mesh: Mesh, global_size: int) -> slice:
+  """The rows of a global batch that this process feeds to :func:`shard_batch`.
+
+  ``slice(0, global_size)`` with one process; with several, the contiguous
+  block that the mesh puts on this process's devices (process ``i`` of ``N``
+  with equal device counts: rows ``[i * global_size // N, (i + 1) *
+  global_size // N)``). Every host computes the same global batch (e.g. the
+  same sampler indices) and keeps these rows.
+
+  Args:
+    mesh: the mesh (see :func:`make_mesh`).
+    global_size: the global batch size.
+
+  Returns:
+    The slice of this process's rows.
+
+  Raises:
+    ValueError: ``global_size`` not divisible by the mesh's devices, or
+      this process's devices not adjacent in the mesh.
+
+  Example:
+    >>> from sphereembed.training.sharding import make_mesh, process_rows
+    >>> process_rows(make_mesh(1), 8)
+    slice(0, 8, None)
+  """
+  if global_size % mesh.size:
+    raise ValueError(f"A global batch of {global_size} does not split over the {mesh.size} "
+                     f"devices of the mesh; use a multiple of {mesh.size}.")
+  indices = batch_sharding(mesh).addressable_devices_indices_map((global_size,))
+  blocks = sorted({(index[0].start or 0, global_size if index[0].stop is None else index[0].stop)
+                   for index in indices.values()})
+  if not blocks or any(stop != start for (_, stop), (start, _) in zip(blocks, blocks[1:])):
+    raise ValueError(f"This process's devices hold rows {blocks} of the batch: not one "
+                     "contiguous block (build the mesh with make_mesh, which groups devices by "
+                     "process).")
+  return slice(blocks[0][0], blocks[-1][1])
+
+
+def to_host(tree: Any) -> Any:
+  """NumPy copies of the arrays of ``tree`` on every process.
+
+  With one process this is ``jax.device_get``. With several, an array that
+  spans other hosts' devices is read from a local replica when it is fully
+  replicated (the train state, metrics) and otherwise gathered from every
+  host (``multihost_utils.process_allgather``, e.g. batch-sharded embeddings),
+  so every process gets the same global value.
+
+  Args:
+    tree: a pytree of ``jax.Array`` s, NumPy arrays or scalars.
+
+  Returns:
+    The same pytree of NumPy arrays.
+  """
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+
+  def get(leaf):
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+      return np.asarray(leaf)
+    if leaf.is_fully_replicated:
+      return np.asarray(leaf.addressable_data(0))
+    return multihost_utils.process_allgather(leaf, tiled=True)
+
+  return jax.tree_util.tree_map(get, tree)
