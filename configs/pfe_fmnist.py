@@ -1,0 +1,19 @@
+"""PFE on Fashion-MNIST: a sigma head on the frozen deterministic network (a baseline of LAM).
+
+Command (from the repository root):
+  python -m experiments.retrieval --config=configs/pfe_fmnist.py
+Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
+
+Budget: configs/deterministic_fmnist.py's training (6000 steps), then 2000 steps of the
+per-dimension log-sigma head on the frozen features with the mutual likelihood score of the
+positive pairs (seconds: the features are computed once); a few minutes on a 2-core CPU.
+"""
+
+from sphereembed.training.retrieval import default_retrieval_config
+
+
+def get_config():
+  config = default_retrieval_config()
+  config.method = "pfe"
+  config.pfe_steps = 2000
+  return config
