@@ -84,6 +84,19 @@ def initialize_distributed() -> None:
                          "shares (checkpoints are written by all of them).")
 
 
+def refuse_distributed(command: str) -> None:
+  """For the commands whose loop runs in one process: the multi-host flags are an error there.
+
+  Raises:
+    app.UsageError: when any of the multi-host flags is given.
+  """
+  given = [f"--{name}" for name in ("distributed", "coordinator_address", "num_processes",
+                                    "process_id") if FLAGS[name].present]
+  if given:
+    raise app.UsageError(f"{command} trains in one process; {', '.join(given)} only apply to "
+                         "experiments.mnist and experiments.cifar.")
+
+
 class _QuietLibraries:
   """Drops the INFO chatter of orbax's checkpoint threads from the absl log."""
 

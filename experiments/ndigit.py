@@ -38,6 +38,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.config is None:
     raise app.UsageError("Pass --config=configs/hib_<name>.py (see configs/).")
+  mnist.refuse_distributed("experiments.ndigit")
   workdir = FLAGS.workdir or mnist.default_workdir(
       config_flags.get_config_filename(FLAGS["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir))

@@ -284,3 +284,15 @@ def test_resuming_with_another_config_is_refused(straight_run):
   other = small_config(config.data_dir, eval_sets=("unseen",), figures=False, num_components=2)
   with pytest.raises(ValueError, match="different config.*num_components"):
     hib.train_and_evaluate(other, workdir)
+
+
+def test_multi_host_flags_are_refused(tmp_path):
+  # The HIB loop runs in one process: a multi-host flag must fail, not be silently ignored.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.ndigit", "--config=configs/hib_n2_d2.py",
+       "--num_processes=2", f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "--num_processes only apply to experiments.mnist" in result.stderr
+  assert not (tmp_path / "run").exists()
