@@ -4,7 +4,7 @@ Command (from the repository root):
   python -m experiments.retrieval --config=configs/deterministic_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
-Budget: 6000 steps of 130 images (10 classes x 13, about 13 epochs) of the SmallCNN with a 3-D
+Budget: 3000 steps of 130 images (10 classes x 13, about 6.5 epochs) of the SmallCNN with a 3-D
 unit embedding (the paper's code: D = 3, margin 0.7), then the evaluation (MNIST test set as
 OOD); a few minutes on a 2-core CPU (measured timings: experiments/README.md once run). The same
 network (seed for seed) is the MAP of configs/lam_posthoc_fmnist.py, the mean of

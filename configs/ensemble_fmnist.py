@@ -4,7 +4,7 @@ Command (from the repository root):
   python -m experiments.retrieval --config=configs/ensemble_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
-Budget: five trainings of configs/deterministic_fmnist.py (6000 steps each, different
+Budget: five trainings of configs/deterministic_fmnist.py (3000 steps each, different
 initialisations and batch orders; member 0 is the deterministic network of the same seed), so
 about five times its time; the members' embeddings are the samples.
 """

@@ -7,7 +7,7 @@ Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 The SmallCNN with a per-dimension log-sigma head, trained end to end with the VIB match loss
 (1024 sampled pairs of each 130-image batch, 8 samples per embedding, beta 1e-4; the match
 probability's a and b learned). The uncertainty is the self-mismatch.
-Budget: 6000 steps of 130 images, as configs/deterministic_fmnist.py; a few minutes on a 2-core
+Budget: 3000 steps of 130 images, as configs/deterministic_fmnist.py; a few minutes on a 2-core
 CPU.
 """
 

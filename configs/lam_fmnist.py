@@ -7,7 +7,7 @@ Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 Each step samples the last layer from the current diagonal Laplace posterior, trains on the
 contrastive loss at the sample and folds the GGN there into the curvature (memory factor 0.999,
 the paper's); the evaluated posterior keeps the training prior precision (1, the paper's).
-Budget: 6000 steps of 130 images, as configs/deterministic_fmnist.py, each with one weight
+Budget: 3000 steps of 130 images, as configs/deterministic_fmnist.py, each with one weight
 sample and the last layer's GGN; a few minutes on a 2-core CPU.
 The paper's Fashion-MNIST row (online LAM): mAP@1 0.81, OOD AUROC 0.98, AUSC 0.89, ECE 0.02.
 """

@@ -4,9 +4,13 @@ Command (from the repository root):
   python -m experiments.retrieval --config=configs/lam_posthoc_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
-Budget: configs/deterministic_fmnist.py's training (6000 steps), then one epoch of the same
-batches accumulates the diagonal GGN of the last layer and the marginal likelihood tunes the
-prior precision (seconds); a few minutes on a 2-core CPU.
+Budget: configs/deterministic_fmnist.py's training (3000 steps), then one epoch of the same
+batches accumulates the GGN of the attractive pairs ("positives") over the last layer, dense
+(387 weights: 3 x 128 and the bias), and the marginal likelihood tunes the prior precision
+(seconds); a few minutes on a 2-core CPU.
+Why dense rather than the paper's diagonal: on one network trained 1500 steps (seed 0), the
+dense posterior detected MNIST with AUROC 0.991 against 0.924 for the diagonal one, at the same
+mAP@1 (0.855) and ECE (0.040 / 0.035); --config.structure=diagonal gives the paper's variant.
 The paper's Fashion-MNIST row (post-hoc LAM): OOD AUROC 0.96, AUSC 0.86.
 """
 
@@ -16,5 +20,6 @@ from sphereembed.training.retrieval import default_retrieval_config
 def get_config():
   config = default_retrieval_config()
   config.method = "laplace_posthoc"
+  config.structure = "full"
   config.tune_prior = True
   return config

@@ -5,7 +5,7 @@ Command (from the repository root):
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
 The SmallCNN with dropout before the projection, trained with it; 100 dropout masks at test time.
-Budget: 6000 steps of 130 images, as configs/deterministic_fmnist.py; a few minutes on a 2-core
+Budget: 3000 steps of 130 images, as configs/deterministic_fmnist.py; a few minutes on a 2-core
 CPU.
 """
 

@@ -4,7 +4,7 @@ Command (from the repository root):
   python -m experiments.retrieval --config=configs/pfe_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
-Budget: configs/deterministic_fmnist.py's training (6000 steps), then 2000 steps of the
+Budget: configs/deterministic_fmnist.py's training (3000 steps), then 2000 steps of the
 per-dimension log-sigma head on the frozen features with the mutual likelihood score of the
 positive pairs (seconds: the features are computed once); a few minutes on a 2-core CPU.
 """
