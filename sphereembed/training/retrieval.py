@@ -1058,7 +1058,7 @@ def _write_figures(workdir: str, method: str, arrays: dict, data: _Data, config,
   plotting.plot_reliability_diagram(arrays["confidences"], arrays["calibration_correct"],
                                     num_bins=config.calibration_bins,
                                     path=os.path.join(workdir, "reliability.png"),
-                                    title=f"{method} retrieval calibration")
+                                    title=method)
   _plot_retrievals(arrays, data.test.images, os.path.join(workdir, "retrievals.png"),
                    f"{method}: most and least certain {config.dataset} test queries and their "
                    "nearest test images (green: same class)")
