@@ -96,24 +96,22 @@ from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import matplotlib
+from matplotlib.figure import Figure
+import ml_collections
+import numpy as np
+import optax
 
-matplotlib.use("Agg")  # Experiments run on servers and in CI: never open a window.
-from matplotlib.figure import Figure  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from sphereembed import evaluation  # noqa: E402
-from sphereembed import losses  # noqa: E402
-from sphereembed import plotting  # noqa: E402
-from sphereembed.data import ClassBalancedSampler  # noqa: E402
-from sphereembed.data import ndigit  # noqa: E402
-from sphereembed.data import pairs as pairs_lib  # noqa: E402
-from sphereembed.losses._hedged import ESTIMATORS  # noqa: E402
-from sphereembed.models.hib import HIBEmbedding  # noqa: E402
-from sphereembed.training import config as config_lib  # noqa: E402
-from sphereembed.training import metric_writers  # noqa: E402
-from sphereembed.training.checkpoints import Checkpointer  # noqa: E402
+from sphereembed import evaluation
+from sphereembed import losses
+from sphereembed import plotting
+from sphereembed.data import ClassBalancedSampler
+from sphereembed.data import ndigit
+from sphereembed.data import pairs as pairs_lib
+from sphereembed.losses._hedged import ESTIMATORS
+from sphereembed.models.hib import HIBEmbedding
+from sphereembed.training import config as config_lib
+from sphereembed.training import metric_writers
+from sphereembed.training.checkpoints import Checkpointer
 
 __all__ = [
     "HIBLossSpec",
