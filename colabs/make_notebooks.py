@@ -82,17 +82,12 @@ NEXT = '''
     * [`01_losses_quickstart`](01_losses_quickstart.ipynb): the loss library on its own.
     * [`02_ncl_mnist_2d`](02_ncl_mnist_2d.ipynb): NCL in 2-D, the centroids settling on the circle.
     * [`03_vmf_confidence`](03_vmf_confidence.ipynb): a kappa head as a calibrated confidence, OOD detection.
-    * The full experiments: `python -m experiments.mnist --config=configs/<config>.py` from the repository root
-      (the README lists every config and its result).
-'''
-
-# The series as 04 and 05 list it. (01-03 still carry NEXT, the list before 04 and 05 existed.)
-NEXT_ALL = NEXT.replace('''
-    * The full experiments''', '''
     * [`04_hib_ndigit`](04_hib_ndigit.ipynb): Hedged Instance Embeddings, uncertainty learned from pairs alone.
     * [`05_laplace_retrieval`](05_laplace_retrieval.ipynb): a Laplace posterior over the weights, retrieval
       with uncertainty and OOD detection.
-    * The full experiments''')
+    * The full experiments: `python -m experiments.mnist --config=configs/<config>.py` from the repository root
+      (the README lists every config and its result).
+'''
 
 # ----------------------------------------------------------------------------- 01
 
@@ -1026,7 +1021,7 @@ NB04 = [
         which rises on occluded images and orders the kNN errors; a point embedding with the same network and loss
         has nothing to offer there. The paper's 3-D embeddings and 3-digit MNIST are `configs/hib_n2_d3.py`,
         `configs/hib_n3_d2.py` and `configs/hib_n3_d3.py`.
-    ''', NEXT_ALL),
+    ''', NEXT),
 ]
 
 # ----------------------------------------------------------------------------- 05
@@ -1344,7 +1339,7 @@ NB05 = [
         is a confidence that means a probability. The library also has online LAM, which trains with the posterior
         (`laplace.perturbed_params`, `laplace.online_curvature`, `laplace.online_update`), and the matrix-free
         `laplace.ggn_operator` for other structures.
-    ''', NEXT_ALL),
+    ''', NEXT),
 ]
 
 NOTEBOOKS = {
