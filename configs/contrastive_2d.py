@@ -13,5 +13,8 @@ def get_config():
   config = default_config()
   config.loss = "contrastive"
   config.embedding_dim = 2
+  # The ncl_2d budget and backbone, for a like-for-like comparison.
+  config.batch_norm = True
+  config.num_epochs = 20
   config.margin = 0.5
   return config

@@ -14,4 +14,6 @@ def get_config():
   config = default_config()
   config.loss = "ncl"
   config.embedding_dim = 3
+  config.batch_norm = True  # the ncl_2d recipe
+  config.num_epochs = 20
   return config

@@ -13,4 +13,7 @@ def get_config():
   config = default_config()
   config.loss = "softmax"
   config.embedding_dim = 2
+  # The ncl_2d budget and backbone, for a like-for-like comparison.
+  config.batch_norm = True
+  config.num_epochs = 20
   return config
