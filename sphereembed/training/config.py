@@ -208,7 +208,8 @@ def check_fields(config, default_fn, *, choices, positive=(), non_negative=()):
 
   Rejects unknown fields (naming the closest known ones), values of another
   type than the field's default, non-integer ints, values outside
-  ``choices[field]`` and non-positive / negative values of the listed fields.
+  ``choices[field]``, non-positive / negative values of the listed fields and,
+  where the schema has ``features``, anything but positive channel counts.
   Missing fields take their default from ``default_fn()``.
   """
   reference = default_fn()
@@ -245,6 +246,10 @@ def check_fields(config, default_fn, *, choices, positive=(), non_negative=()):
   for key in non_negative:
     if not merged[key] >= 0:
       raise ValueError(f"config.{key} must be >= 0, got {merged[key]!r}.")
+  # Every schema with a conv trunk names its channels in "features".
+  if "features" in merged and (not merged.features or not all(
+      isinstance(c, int) and c > 0 for c in merged.features)):
+    raise ValueError(f"config.features must be positive channel counts, got {merged.features}.")
   return merged
 
 
@@ -267,8 +272,6 @@ def validate_config(config) -> ml_collections.ConfigDict:
   if not 0 < merged.imbalanced_fraction <= 1:
     raise ValueError(f"config.imbalanced_fraction must lie in (0, 1], got "
                      f"{merged.imbalanced_fraction}.")
-  if not all(isinstance(c, int) and c > 0 for c in merged.features) or not merged.features:
-    raise ValueError(f"config.features must be positive channel counts, got {merged.features}.")
   if not 0 <= merged.momentum < 1:
     raise ValueError(f"config.momentum must lie in [0, 1), got {merged.momentum}.")
   if merged.nesterov and (merged.optimizer != "sgd" or merged.momentum == 0):

@@ -236,8 +236,6 @@ def validate_hib_config(config) -> ml_collections.ConfigDict:
   if not 0 <= merged.positive_fraction <= 1:
     raise ValueError(f"config.positive_fraction must lie in [0, 1], got "
                      f"{merged.positive_fraction}.")
-  if not all(isinstance(c, int) and c > 0 for c in merged.features) or not merged.features:
-    raise ValueError(f"config.features must be positive channel counts, got {merged.features}.")
   if not merged.eval_sets or any(s not in _EVAL_SETS for s in merged.eval_sets) or len(
       set(merged.eval_sets)) != len(merged.eval_sets):
     raise ValueError(f"config.eval_sets must be distinct names from {_EVAL_SETS}, got "

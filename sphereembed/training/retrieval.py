@@ -276,8 +276,6 @@ def validate_retrieval_config(config) -> ml_collections.ConfigDict:
   """
   merged = config_lib.check_fields(config, default_retrieval_config, choices=_CHOICES,
                                   positive=_POSITIVE, non_negative=_NON_NEGATIVE)
-  if not all(isinstance(c, int) and c > 0 for c in merged.features) or not merged.features:
-    raise ValueError(f"config.features must be positive channel counts, got {merged.features}.")
   if merged.embedding_dim < 2:
     raise ValueError(f"config.embedding_dim must be >= 2, got {merged.embedding_dim}.")
   if not merged.dropout_rate < 1:

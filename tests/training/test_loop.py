@@ -131,6 +131,7 @@ def test_balanced_sampler_and_class_weighting_run(fake_dir, tmp_path):
     ({"imbalanced_fraction": 0.0}, "imbalanced_fraction"),
     ({"classifier_weight": 1.0}, "classifier_head"),
     ({"model": "resnet18", "batch_norm": True}, "ResNets always have it"),
+    ({"features": (0, 3)}, "positive channel counts"),
 ])
 def test_validate_config_rejects_bad_fields(bad, match):
   with pytest.raises(ValueError, match=match):

@@ -138,6 +138,7 @@ def test_configs_are_valid_and_document_their_command(name):
     (dict(hib_num_pairs=10_000), "hib_num_pairs"),
     (dict(embedding_dim=1), "embedding_dim"),
     (dict(prior_precision=0.0), "prior_precision must be > 0"),
+    (dict(features=(8, 0)), "positive channel counts"),
 ])
 def test_bad_configs_fail_with_a_clear_error(overrides, message):
   config = {**retrieval.default_retrieval_config().to_dict(), **overrides}
