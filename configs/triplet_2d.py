@@ -6,7 +6,8 @@ point, the loss sat at the margin (0.2) from step ~900 on, and accuracy ended at
 Command (from the repository root):
   python -m experiments.mnist --config=configs/triplet_2d.py
 
-Expected result: see the README's results table (mean and std over 3 seeds, measured with this file).
+Measured (2-core CPU, jax 0.10.2, the ncl_2d backbone and budget: batch norm, 20 epochs):
+nearest-centroid test accuracy 98.51% (seed 0); ncl_2d 98.73 +- 0.03% on the same budget.
 """
 
 from sphereembed.training.config import default_config
