@@ -26,12 +26,8 @@ its own slice of every batch (see ``experiments.mnist`` and README.md).
 
 from __future__ import annotations
 
-import os
-
 from absl import app
 from absl import flags
-from absl import logging
-from ml_collections import config_flags
 
 # Importing experiments.mnist defines the --config, --workdir and multi-host flags, shared by
 # both commands.
@@ -42,15 +38,7 @@ FLAGS = mnist.FLAGS
 
 
 def main(argv):
-  logging.get_absl_handler().addFilter(mnist._QuietLibraries())  # pylint: disable=protected-access
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.config is None:
-    raise app.UsageError("Pass --config=configs/<name>.py (see configs/cifar*.py).")
-  mnist.initialize_distributed()
-  workdir = FLAGS.workdir or mnist.default_workdir(
-      config_flags.get_config_filename(FLAGS["config"]))
-  logging.info("Workdir: %s", os.path.abspath(workdir))
+  workdir = mnist.start_run(argv, "configs/<name>.py (see configs/cifar*.py)", multi_host=True)
   metrics = train_and_evaluate(FLAGS.config, workdir)
   at_80 = metrics.get("test_accuracy_at_80", float("nan"))
   print(f"nearest-centroid test accuracy: {100 * metrics['test_accuracy']:.2f}%, "

@@ -104,19 +104,42 @@ class _QuietLibraries:
     return record.levelno > logging.converter.STANDARD_INFO or "orbax" not in record.pathname
 
 
-def main(argv):
+def start_run(argv, usage: str, *, multi_host: bool) -> str:
+  """The prologue every command of experiments/ shares; returns the workdir.
+
+  Quiets orbax's log chatter, rejects stray arguments and a missing config,
+  joins a multi-host run (``multi_host=True``) or refuses its flags (the HIB
+  and retrieval loops run in one process), and picks the workdir.
+
+  Args:
+    argv: absl's positional arguments (the program name only, when valid).
+    usage: what ``--config`` should name, for the error message.
+    multi_host: whether this command's loop can span several processes.
+
+  Raises:
+    app.UsageError: on stray arguments, no config, or multi-host flags given
+      to a one-process command.
+  """
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.config is None:
-    raise app.UsageError("Pass --config=configs/<name>.py (see configs/).")
-  initialize_distributed()
+    raise app.UsageError(f"Pass --config={usage}.")
+  command = os.path.splitext(os.path.basename(argv[0]))[0]
+  if multi_host:
+    initialize_distributed()
+  else:
+    refuse_distributed(f"experiments.{command}")
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir))
+  return workdir
+
+
+def main(argv):
+  workdir = start_run(argv, "configs/<name>.py (see configs/)", multi_host=True)
   metrics = train_and_evaluate(FLAGS.config, workdir)
   print(f"nearest-centroid test accuracy: {100 * metrics['test_accuracy']:.2f}% "
         f"(workdir {workdir})")
-
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])

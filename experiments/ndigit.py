@@ -18,12 +18,8 @@ protocol of the evaluation is in :mod:`sphereembed.training.hib`.
 
 from __future__ import annotations
 
-import os
-
 from absl import app
 from absl import flags
-from absl import logging
-from ml_collections import config_flags
 
 # Importing experiments.mnist defines the --config and --workdir flags, shared by every command.
 from experiments import mnist
@@ -33,15 +29,7 @@ FLAGS = mnist.FLAGS
 
 
 def main(argv):
-  logging.get_absl_handler().addFilter(mnist._QuietLibraries())  # pylint: disable=protected-access
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.config is None:
-    raise app.UsageError("Pass --config=configs/hib_<name>.py (see configs/).")
-  mnist.refuse_distributed("experiments.ndigit")
-  workdir = FLAGS.workdir or mnist.default_workdir(
-      config_flags.get_config_filename(FLAGS["config"]))
-  logging.info("Workdir: %s", os.path.abspath(workdir))
+  workdir = mnist.start_run(argv, "configs/hib_<name>.py (see configs/)", multi_host=False)
   metrics = train_and_evaluate(FLAGS.config, workdir)
   print(f"HIB {metrics['model']} ({metrics['headline_set']} classes): verification AP clean "
         f"{metrics['verification_ap_clean']:.4f} / corrupted "

@@ -18,12 +18,8 @@ are found as ``sphereembed.data.load_dataset`` explains (``--config.data_dir``,
 
 from __future__ import annotations
 
-import os
-
 from absl import app
 from absl import flags
-from absl import logging
-from ml_collections import config_flags
 
 # Importing experiments.mnist defines the --config and --workdir flags, shared by every command.
 from experiments import mnist
@@ -33,14 +29,7 @@ FLAGS = mnist.FLAGS
 
 
 def main(argv):
-  logging.get_absl_handler().addFilter(mnist._QuietLibraries())  # pylint: disable=protected-access
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.config is None:
-    raise app.UsageError("Pass --config=configs/<method>_fmnist.py (see configs/).")
-  workdir = FLAGS.workdir or mnist.default_workdir(
-      config_flags.get_config_filename(FLAGS["config"]))
-  logging.info("Workdir: %s", os.path.abspath(workdir))
+  workdir = mnist.start_run(argv, "configs/<method>_fmnist.py (see configs/)", multi_host=False)
   metrics = train_and_evaluate(FLAGS.config, workdir)
   print(f"{metrics['method']}: mAP@1 {metrics['map_at_1']:.4f}, mAP@5 {metrics['map_at_5']:.4f}, "
         f"mAP@10 {metrics['map_at_10']:.4f}; OOD AUROC {metrics['ood_auroc']:.4f}, AUPRC "

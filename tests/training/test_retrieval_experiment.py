@@ -180,3 +180,14 @@ def test_mls_loss_matches_its_formula():
                                   jnp.arange(6))) == 0.0  # no positive pair
   with pytest.raises(ValueError, match="same"):
     retrieval.mls_loss(jnp.asarray(mu), jnp.asarray(log_sigma[:, :2]), jnp.asarray(labels))
+
+
+def test_multi_host_flags_are_refused(tmp_path):
+  # The retrieval loop runs in one process: a multi-host flag fails, it is not silently ignored.
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.retrieval", "--config=configs/lam_fmnist.py",
+       "--distributed", f"--workdir={tmp_path / 'run'}"], cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "experiments.retrieval trains in one process; --distributed" in result.stderr
+  assert not (tmp_path / "run").exists()
