@@ -319,7 +319,7 @@ NB02 = [
         exponential moving average (EMA) whose rate decays over training. We train the small CNN of the
         experiments, take snapshots of the test embeddings and the centroids, and classify by the nearest centroid.
 
-        The full run (10 epochs, 98.3% test accuracy) is `python -m experiments.mnist --config=configs/ncl_2d.py`;
+        The full run (batch norm, 20 epochs: 98.73 ± 0.03% test accuracy over 3 seeds) is `python -m experiments.mnist --config=configs/ncl_2d.py`;
         here a few epochs suffice to see it (a few seconds with `SMOKE`).
     '''),
     INSTALL,
