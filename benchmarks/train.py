@@ -91,6 +91,54 @@ def _architecture() -> dict:
   config = default_config()
   return dict(features=list(config.features), kernel_size=config.kernel_size,
               downsample=config.downsample, hidden=config.hidden)
+GEMM_SIZE = 2048                     # square float32 matmul that measures the machine's ceiling
+
+
+def _taps(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """("same"-padded conv along one axis) -> (kernel taps that land inside the input, output size)."""
+  out = -(-size // stride)
+  low = max((out - 1) * stride + kernel - size, 0) // 2
+  return sum(0 <= o * stride - low + k < size for o in range(out) for k in range(kernel)), out
+
+
+def step_flops(arch: dict, image_shape, dim: int, batch_size: int) -> float:
+  """Floating-point operations of one training step of the CNN (both frameworks).
+
+  A multiply-add counts 2, and only conv taps that land on the input count
+  (none on the "same" padding). Forward: every conv and dense layer. Backward:
+  the weight gradient of every layer (as many FLOPs as its forward) and the
+  input gradient of every layer but the first (the images need none). Biases,
+  activations, the loss and Adam are left out, so the count is the arithmetic
+  no implementation of this network can avoid (XLA's cost analysis of the
+  gradient agrees to about 1%; tests/test_benchmark_train.py).
+  """
+  height, width = image_shape[0], image_shape[1]
+  channels = image_shape[2] if len(image_shape) > 2 else 1
+  stride = 2 if arch["downsample"] == "stride" else 1
+  layers = []  # forward FLOPs per image of each layer, input first
+  for out_channels in arch["features"]:
+    (taps_h, height), (taps_w, width) = (_taps(height, arch["kernel_size"], stride),
+                                         _taps(width, arch["kernel_size"], stride))
+    layers.append(2 * taps_h * taps_w * channels * out_channels)
+    if arch["downsample"] == "pool":
+      height, width = height // 2, width // 2
+    channels = out_channels
+  flat = height * width * channels
+  layers += [2 * flat * arch["hidden"], 2 * arch["hidden"] * dim]
+  return batch_size * (3 * sum(layers) - layers[0])
+
+
+def gemm_gflops(matmul, size: int = GEMM_SIZE, seconds: float = 2.0) -> float:
+  """Best GFLOP/s of `matmul()` (a size x size float32 product) over `seconds`."""
+  matmul()
+  best, start = float("inf"), time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    t0 = time.perf_counter()
+    matmul()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * size ** 3 / best / 1e9
+
+
 NUM_BATCHES = 16                     # distinct batches, cycled
 RANDOM_SAMPLES_PER_CLASS = 8         # K of the random-data fallback (P = B / K)
 FLOOR = 2.0                          # the issue's floor: sphereembed >= 2x PML images/s
@@ -252,6 +300,10 @@ def worker_sphereembed(cfg) -> dict:
     result["final_loss"] = float(holder["metrics"]["loss"])
     result["loss_finite"] = bool(np.isfinite(result["final_loss"]))
     result["steps_total"] = int(holder["state"].step)
+    a = jax.numpy.ones((GEMM_SIZE, GEMM_SIZE), jax.numpy.float32)
+    product = jax.jit(jax.numpy.matmul)
+    result["gemm_gflops"] = gemm_gflops(lambda: product(a, a).block_until_ready(),
+                                         seconds=min(2.0, cfg["seconds"]))
     result["status"] = "ok"
   except Exception as e:  # noqa: BLE001 - every failure goes into the row
     result.update(status="error", error=f"{stage}: {type(e).__name__}: {e}"[:500],
@@ -390,6 +442,8 @@ def worker_pml(cfg) -> dict:
     result["final_loss"] = float(holder["loss"].detach())
     result["loss_finite"] = bool(np.isfinite(result["final_loss"]))
     result["steps_total"] = holder["i"]
+    a = torch.ones((GEMM_SIZE, GEMM_SIZE), dtype=torch.float32)
+    result["gemm_gflops"] = gemm_gflops(lambda: torch.mm(a, a), seconds=min(2.0, cfg["seconds"]))
     result["status"] = "ok"
   except Exception as e:  # noqa: BLE001
     result.update(status="error", error=f"{stage}: {type(e).__name__}: {e}"[:500],
@@ -496,12 +550,36 @@ def floor_text(rows, floor: float) -> str:
           f"{ratio:.2f}× — {verdict}.")
 
 
+def ceiling_text(rows, flops: float, floor: float) -> str:
+  """What the floor asks of the arithmetic units, against the GEMM rates measured in the run."""
+  ok = [r for r in rows if r.get("status") == "ok" and r["loss"] == "triplet_batch_hard"]
+  gemm = {FRAMEWORK_LABEL[r["framework"]]: r["gemm_gflops"] for r in rows
+          if r.get("status") == "ok" and "gemm_gflops" in r}
+  if not ok or not gemm:
+    return "Arithmetic ceiling: not measured."
+  rates = ", ".join(f"{name} {flops / 1e6 / r['median_ms']:.0f}"
+                    for name, r in ((FRAMEWORK_LABEL[r["framework"]], r) for r in ok))
+  text = (f"Arithmetic ceiling: one step is {flops / 1e9:.2f} GFLOP (`step_flops`: the convs' and "
+          f"dense layers' multiply-adds, forward and backward, padding taps left out). Achieved GFLOP/s: {rates}. "
+          f"Largest rate of a {GEMM_SIZE}x{GEMM_SIZE} float32 matmul on this machine, "
+          "measured in the same workers: " + ", ".join(f"{k} {v:.0f}" for k, v in gemm.items())
+          + " GFLOP/s.")
+  pml = next((r for r in ok if r["framework"] == "pml"), None)
+  if pml is not None:
+    needed = floor * flops / 1e6 / pml["median_ms"]
+    text += (f" The {floor:g}x floor needs {needed:.0f} GFLOP/s, "
+             f"{100 * needed / max(gemm.values()):.0f}% of the best matmul rate, for small "
+             "convolutions that run below the large-matmul rate in both frameworks.")
+  return text
+
+
 def section_text(rows, info, data_info, args, command, started, finished, skipped) -> str:
   ours = next((r for r in rows if r["framework"] == "sphereembed" and r.get("status") == "ok"), {})
   pml = next((r for r in rows if r["framework"] == "pml"), {})
   torch_threads = (f"`torch.get_num_threads()` = {pml['torch_num_threads']} ("
                    + ("torch's default, not set" if not args.torch_threads else
-                      f"set by --torch-threads") + "), interop threads {pml['torch_num_interop_threads']}, oneDNN "
+                      "set by --torch-threads")
+                   + f"), interop threads {pml['torch_num_interop_threads']}, oneDNN "
                    f"{'on' if pml.get('torch_mkldnn') else 'off'}"
                    if "torch_num_threads" in pml else "torch not run")
   lines = [SECTION_BEGIN, "# Training throughput: sphereembed train step vs pytorch-metric-learning", ""]
@@ -568,6 +646,8 @@ def section_text(rows, info, data_info, args, command, started, finished, skippe
          if "first_step_s" in ours else ""),
       "",
       floor_text(rows, FLOOR),
+      "",
+      ceiling_text(rows, info["step_flops"], FLOOR),
       "",
       value_check_text(rows),
       "",
@@ -683,6 +763,8 @@ def main(argv=None) -> int:
   print(f"# {command}", flush=True)
   print(f"# machine: {info['cpu']}, {info['cpus_available']} CPUs; data: {data_info['text']}; "
         f"raw results: {os.path.relpath(raw_path, REPO_ROOT)}", flush=True)
+  info["step_flops"] = step_flops(_architecture(), data_info["image_shape"], args.dim,
+                                  args.batch_size)
   print(TABLE_HEADER, end="", flush=True)
   rows = []
   with tempfile.TemporaryDirectory(prefix="sphereembed-train-bench-") as tmp:
@@ -713,6 +795,7 @@ def main(argv=None) -> int:
   section = section_text(rows, info, data_info, args, command, started, finished, skipped)
   print("\n" + TABLE_HEADER + "\n".join(row_text(r, rows) for r in rows) + "\n")
   print(floor_text(rows, FLOOR))
+  print(ceiling_text(rows, info["step_flops"], FLOOR))
   print(value_check_text(rows))
   if output:
     _lb.replace_marked_section(output, section, SECTION_BEGIN, SECTION_END)

@@ -92,3 +92,27 @@ def test_torch_model_and_loss_match_flax(tmp_path, kernel_size, downsample):
   assert active > 0
   np.testing.assert_allclose(pml_loss, float(ours) * float(stats["num_valid"]) / active,
                              rtol=1e-4)
+
+
+@pytest.mark.parametrize("downsample", ["stride", "pool"])
+def test_step_flops_matches_xla_cost_analysis(downsample):
+  """The benchmark's arithmetic count is XLA's count of the same gradient, to ~1%."""
+  import jax
+  import jax.numpy as jnp
+
+  from sphereembed.models.cnn import SmallCNN
+
+  train = _load_script()
+  arch = dict(features=[8, 16], kernel_size=5, downsample=downsample, hidden=32)
+  model = SmallCNN(16, features=(8, 16), kernel_size=5, downsample=downsample, hidden=32)
+  images = jnp.ones((4, 28, 28, 1))
+  params = model.init(jax.random.PRNGKey(0), images)["params"]
+
+  def objective(p):
+    return jnp.sum(model.apply({"params": p}, images)["embedding"] ** 2)
+
+  cost = jax.jit(jax.grad(objective)).lower(params).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  ours = train.step_flops(arch, (28, 28, 1), 16, 4)
+  # XLA also counts the elementwise work (bias, ReLU, normalisation) we leave out.
+  assert ours <= cost["flops"] <= 1.05 * ours
