@@ -1236,7 +1236,10 @@ NB05 = [
         The **sparsification curve** (`plotting.plot_sparsification`) removes the most uncertain queries first and
         follows the mean error `1 − mAP@5` of the rest: a useful uncertainty makes it fall, towards the oracle that
         removes the worst queries first; a random order keeps it flat. Its area is the AUSC
-        (`evaluation.ausc`; lower is better). Every curve ranks the same errors, those of the MAP network's
+        (`evaluation.ausc`, the area under the *error* curve; lower is better). The LAM paper and
+        `experiments.retrieval` report the area under the *accuracy* curve instead, `1 − evaluation.ausc` with
+        accuracy as the error's complement (higher is better; the experiment writes both, as `ausc` and
+        `sparsification/ausc`). Every curve ranks the same errors, those of the MAP network's
         retrieval (the posterior means retrieve almost exactly as well, see the mAP@5 printed).
     '''),
     code('''

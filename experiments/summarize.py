@@ -5,6 +5,7 @@ Usage:
   python -m experiments.summarize runs/final6/vmf2_s* \
       --metrics=kappa/ood_auroc,kappa/isotonic/ece,softmax/ood_auroc
   python -m experiments.summarize --hib runs/hib/*      # experiments.ndigit runs
+  python -m experiments.summarize --retrieval runs/ret/* --figures=runs/ret/compare
 
 Runs are grouped by their ``config.json`` with the seed left out (so the
 seeds of one config form a row) and labelled by (dataset, loss, distance,
@@ -118,14 +119,70 @@ def summarize_hib(workdirs: list[str]) -> str:
   return "\n".join(lines)
 
 
+# The LAM paper's Fashion-MNIST (MNIST as OOD) cells quoted by issue 8, beside our rows.
+PAPER_LAM = {"deterministic": {"map_at_1": 0.78},
+             "laplace_posthoc": {"ood_auroc": 0.96, "ausc": 0.86},
+             "laplace_online": {"map_at_1": 0.81, "ood_auroc": 0.98, "ausc": 0.89, "ece": 0.02}}
+_RETRIEVAL_COLUMNS = ("map_at_1", "map_at_5", "map_at_10", "ood_auroc", "ood_auprc", "ausc", "ece")
+
+
+def _retrieval_runs(workdirs: list[str]) -> dict[str, list[tuple[str, dict]]]:
+  """``experiments.retrieval`` runs by method, each ``(workdir, metrics)`` in seed order."""
+  groups = collections.defaultdict(list)
+  for workdir in workdirs:
+    path = os.path.join(workdir, "metrics.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+      groups[result["method"]].append((workdir, result))
+  if not groups:
+    raise SystemExit(f"No metrics.json under {workdirs}.")
+  return {method: sorted(runs, key=lambda run: run[1]["seed"]) for method, runs in groups.items()}
+
+
+def summarize_retrieval(workdirs: list[str]) -> str:
+  """The retrieval table of issue 8: one row per method, mean ± std over seeds, the paper's cells in parentheses."""
+  from sphereembed.training.retrieval import METHODS  # pylint: disable=import-outside-toplevel
+  groups = _retrieval_runs(workdirs)
+  header = ["method", "mAP@1", "mAP@5", "mAP@10", "OOD AUROC", "OOD AUPRC", "AUSC", "ECE", "seeds",
+            "train time (s)"]
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  for method in sorted(groups, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS)):
+    runs = [result for _, result in groups[method]]
+    cells = [method]
+    for column in _RETRIEVAL_COLUMNS:
+      cell = _mean_std([r.get(column, np.nan) for r in runs], digits=3)
+      if column in PAPER_LAM.get(method, {}):
+        cell += f" ({PAPER_LAM[method][column]:.2f})"
+      cells.append(cell)
+    # train_seconds holds one entry per trained network (ensemble members, PFE's base).
+    seconds = [sum(r["train_seconds"].values()) for r in runs]
+    cells += [str(len(runs)), f"{np.mean(seconds):.0f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--metrics", default="", help="comma-separated metrics.json keys")
   parser.add_argument("--hib", action="store_true", help="experiments.ndigit runs")
+  parser.add_argument("--retrieval", action="store_true", help="experiments.retrieval runs")
+  parser.add_argument("--figures", default="",
+                      help="with --retrieval: folder for the figures comparing the methods "
+                      "(the lowest seed of each)")
   args = parser.parse_args(argv)
+  if args.figures and not args.retrieval:
+    parser.error("--figures needs --retrieval")
   if args.hib:
     print(summarize_hib(args.workdirs))
+  elif args.retrieval:
+    print(summarize_retrieval(args.workdirs))
+    if args.figures:
+      from sphereembed.training.retrieval import plot_method_comparison  # pylint: disable=import-outside-toplevel
+      first = {method: runs[0][0] for method, runs in _retrieval_runs(args.workdirs).items()}
+      for path in plot_method_comparison(first, args.figures):
+        print(f"wrote {path}")
   else:
     print(summarize(args.workdirs, tuple(m for m in args.metrics.split(",") if m)))
 

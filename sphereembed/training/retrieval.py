@@ -1060,15 +1060,15 @@ def _write_figures(workdir: str, method: str, arrays: dict, data: _Data, config,
 
 
 def plot_method_comparison(workdirs: dict[str, str], out_dir: str) -> list[str]:
-  """ROC and sparsification curves of several finished runs in one figure each.
+  """ROC, sparsification and reliability curves of several finished runs, one figure each.
 
   Reads each run's ``scores.npz``, so nothing is re-evaluated.
 
   Args:
     workdirs: ``{label: workdir}`` of finished runs (the deterministic model
       has no uncertainty and is skipped).
-    out_dir: where ``roc_ood_methods.png`` and ``sparsification_methods.png``
-      are written.
+    out_dir: where ``roc_ood_methods.png``, ``sparsification_methods.png``
+      and ``reliability_methods.png`` are written.
 
   Returns:
     The paths written.
@@ -1103,7 +1103,27 @@ def plot_method_comparison(workdirs: dict[str, str], out_dir: str) -> list[str]:
   fig.tight_layout()
   sparsification_path = os.path.join(out_dir, "sparsification_methods.png")
   fig.savefig(sparsification_path, dpi=110)
-  return [roc_path, sparsification_path]
+  fig = Figure(figsize=(5.5, 4.5))
+  ax = fig.add_subplot()
+  ax.plot([0, 1], [0, 1], color="0.4", ls="--", lw=1, label="calibrated")
+  for label, r in runs.items():
+    with open(os.path.join(workdirs[label], "config.json"), encoding="utf-8") as f:
+      bins = json.load(f)["calibration_bins"]
+    diagram = evaluation.reliability_diagram(r["confidences"], r["calibration_correct"], bins)
+    filled = diagram.count > 0
+    ece = evaluation.expected_calibration_error(r["confidences"], r["calibration_correct"], bins)
+    ax.plot(diagram.confidence[filled], diagram.accuracy[filled], marker="o", ms=3,
+            label=f"{label} ECE {ece:.3f}")
+  ax.set_xlabel("confidence (mean of the bin)")
+  ax.set_ylabel("accuracy of the bin")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  reliability_path = os.path.join(out_dir, "reliability_methods.png")
+  fig.savefig(reliability_path, dpi=110)
+  return [roc_path, sparsification_path, reliability_path]
 
 
 # ----------------------------------------------------------------------------

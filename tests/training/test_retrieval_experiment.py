@@ -79,6 +79,8 @@ def test_every_method_writes_every_metric(data_dir, tmp_path, method):
     assert saved["num_posterior_params"] == 3 * (16 + 1)  # the projection: 16 -> 3, and its bias
   if stochastic:
     paths = retrieval.plot_method_comparison({method: workdir}, str(tmp_path / "compare"))
+    assert [os.path.basename(p) for p in paths] == [
+        "roc_ood_methods.png", "sparsification_methods.png", "reliability_methods.png"]
     assert all(os.path.exists(p) for p in paths)
 
 
