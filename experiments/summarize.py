@@ -84,6 +84,20 @@ def summarize(workdirs: list[str], metrics: tuple[str, ...] = ()) -> str:
   return "\n".join(lines + sorted(rows))
 
 
+def _finished_runs(workdirs: list[str], key) -> dict:
+  """``key(metrics) -> [(workdir, metrics), ...]`` of the workdirs that hold a ``metrics.json``."""
+  groups = collections.defaultdict(list)
+  for workdir in workdirs:
+    path = os.path.join(workdir, "metrics.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+      groups[key(result)].append((workdir, result))
+  if not groups:
+    raise SystemExit(f"No metrics.json under {workdirs}.")
+  return groups
+
+
 # The talk's N = 2, D = 2 numbers (clean verification AP, clean kNN accuracy).
 TALK_HIB = {"point": (0.987, 0.871), "MoG-1": (0.989, 0.879), "MoG-2": (0.990, 0.888)}
 _HIB_COLUMNS = ("verification_ap_clean", "verification_ap_corrupted", "knn_accuracy_clean",
@@ -93,19 +107,13 @@ _HIB_COLUMNS = ("verification_ap_clean", "verification_ap_corrupted", "knn_accur
 
 def summarize_hib(workdirs: list[str]) -> str:
   """The HIB table of ``experiments.ndigit`` runs: one row per (N, D, model), mean ± std over seeds."""
-  groups = collections.defaultdict(list)
-  for workdir in workdirs:
-    path = os.path.join(workdir, "metrics.json")
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        result = json.load(f)
-      groups[(result["num_digits"], result["embedding_dim"], result["num_components"])].append(result)
-  if not groups:
-    raise SystemExit(f"No metrics.json under {workdirs}.")
+  groups = _finished_runs(workdirs, lambda result: (
+      result["num_digits"], result["embedding_dim"], result["num_components"]))
   header = ["N", "D", "model", *(c.replace("_", " ") for c in _HIB_COLUMNS), "seeds",
             "train time (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   for (digits, dim, components), runs in sorted(groups.items()):
+    runs = [result for _, result in runs]
     model = "point" if components == 0 else f"MoG-{components}"
     cells = [str(digits), str(dim), model]
     for column in _HIB_COLUMNS:
@@ -128,15 +136,7 @@ _RETRIEVAL_COLUMNS = ("map_at_1", "map_at_5", "map_at_10", "ood_auroc", "ood_aup
 
 def _retrieval_runs(workdirs: list[str]) -> dict[str, list[tuple[str, dict]]]:
   """``experiments.retrieval`` runs by method, each ``(workdir, metrics)`` in seed order."""
-  groups = collections.defaultdict(list)
-  for workdir in workdirs:
-    path = os.path.join(workdir, "metrics.json")
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        result = json.load(f)
-      groups[result["method"]].append((workdir, result))
-  if not groups:
-    raise SystemExit(f"No metrics.json under {workdirs}.")
+  groups = _finished_runs(workdirs, lambda result: result["method"])
   return {method: sorted(runs, key=lambda run: run[1]["seed"]) for method, runs in groups.items()}
 
 
