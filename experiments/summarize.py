@@ -134,10 +134,22 @@ PAPER_LAM = {"deterministic": {"map_at_1": 0.78},
 _RETRIEVAL_COLUMNS = ("map_at_1", "map_at_5", "map_at_10", "ood_auroc", "ood_auprc", "ausc", "ece")
 
 
+def _retrieval_label(workdir: str, result: dict) -> str:
+  """The method, and for the Laplace methods their posterior structure (``config.json``)."""
+  method = result["method"]
+  if not method.startswith("laplace"):
+    return method
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    return f"{method} ({json.load(f)['structure']})"
+
+
 def _retrieval_runs(workdirs: list[str]) -> dict[str, list[tuple[str, dict]]]:
-  """``experiments.retrieval`` runs by method, each ``(workdir, metrics)`` in seed order."""
-  groups = _finished_runs(workdirs, lambda result: result["method"])
-  return {method: sorted(runs, key=lambda run: run[1]["seed"]) for method, runs in groups.items()}
+  """``experiments.retrieval`` runs by method (and posterior structure), ``(workdir, metrics)`` by seed."""
+  groups = collections.defaultdict(list)
+  for runs in _finished_runs(workdirs, lambda result: None).values():
+    for workdir, result in runs:
+      groups[_retrieval_label(workdir, result)].append((workdir, result))
+  return {label: sorted(runs, key=lambda run: run[1]["seed"]) for label, runs in groups.items()}
 
 
 def summarize_retrieval(workdirs: list[str]) -> str:
@@ -147,13 +159,18 @@ def summarize_retrieval(workdirs: list[str]) -> str:
   header = ["method", "mAP@1", "mAP@5", "mAP@10", "OOD AUROC", "OOD AUPRC", "AUSC", "ECE", "seeds",
             "train time (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-  for method in sorted(groups, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS)):
-    runs = [result for _, result in groups[method]]
-    cells = [method]
+  def order(label):
+    method = label.split(" ")[0]
+    return (METHODS.index(method) if method in METHODS else len(METHODS), label)
+
+  for label in sorted(groups, key=order):
+    runs = [result for _, result in groups[label]]
+    paper = PAPER_LAM.get(label.split(" ")[0], {})
+    cells = [label]
     for column in _RETRIEVAL_COLUMNS:
       cell = _mean_std([r.get(column, np.nan) for r in runs], digits=3)
-      if column in PAPER_LAM.get(method, {}):
-        cell += f" ({PAPER_LAM[method][column]:.2f})"
+      if column in paper:
+        cell += f" ({paper[column]:.2f})"
       cells.append(cell)
     # train_seconds holds one entry per trained network (ensemble members, PFE's base).
     seconds = [sum(r["train_seconds"].values()) for r in runs]

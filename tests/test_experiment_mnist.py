@@ -125,15 +125,17 @@ def test_summarize_retrieval_orders_methods_and_shows_the_papers_cells(tmp_path)
   for method, seed, map1, seconds in runs:
     workdir = tmp_path / f"{method}_{seed}"
     workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"method": method, "structure": "full"}))
     nan = float("nan") if method == "deterministic" else 0.5
     (workdir / "metrics.json").write_text(json.dumps({
         "method": method, "seed": seed, "map_at_1": map1, "map_at_5": map1, "map_at_10": map1,
         "ood_auroc": nan, "ood_auprc": nan, "ausc": nan, "ece": nan, "train_seconds": seconds}))
   table = summarize.summarize_retrieval([str(p) for p in sorted(tmp_path.iterdir())])
   rows = table.splitlines()[2:]
-  assert [row.split(" | ")[0] for row in rows] == ["| deterministic", "| laplace_online", "| pfe"]
+  assert [row.split(" | ")[0] for row in rows] == ["| deterministic", "| laplace_online (full)",
+                                                   "| pfe"]
   assert rows[0].startswith("| deterministic | 0.800 (0.78) | 0.800 | 0.800 | — | — | — | — | 1 | 40 |")
-  assert rows[1] == ("| laplace_online | 0.880 ± 0.028 (0.81) | 0.880 ± 0.028 | 0.880 ± 0.028 | "
+  assert rows[1] == ("| laplace_online (full) | 0.880 ± 0.028 (0.81) | 0.880 ± 0.028 | 0.880 ± 0.028 | "
                      "0.500 ± 0.000 (0.98) | 0.500 ± 0.000 | 0.500 ± 0.000 (0.89) | "
                      "0.500 ± 0.000 (0.02) | 2 | 60 |")
   assert rows[2].endswith("| 1 | 60 |")  # PFE's time includes its base network

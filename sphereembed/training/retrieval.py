@@ -169,6 +169,7 @@ RESUME_SAFE_FIELDS = frozenset({
     "eval_batch_size", "tensorboard", "figures",
     # Evaluation only: a finished run can be re-evaluated with other values.
     "eval_num_samples", "calibration_bins", "calibration_references", "eval_seed",
+    "tune_prior",  # the evaluated posterior's prior precision; training never reads it
 })
 
 # ----------------------------------------------------------------------------

@@ -91,6 +91,11 @@ def test_resume_keeps_the_result_and_refuses_another_config(data_dir, tmp_path):
   assert again["resumed_from_step"] == {"laplace_online": 4}
   for key in retrieval.HEADLINE_KEYS:
     assert again[key] == pytest.approx(first[key])
+  # The evaluated posterior's prior is evaluation only: re-tuning it re-evaluates, never retrains.
+  untuned = retrieval.train_and_evaluate(
+      small_config(data_dir, "laplace_online", tune_prior=False, prior_precision=1.0), workdir)
+  assert untuned["resumed_from_step"] == {"laplace_online": 4}
+  assert untuned["prior_precision"] == 1.0 != first["prior_precision"]
   with pytest.raises(ValueError, match="different config"):
     retrieval.train_and_evaluate(small_config(data_dir, "laplace_online", margin=0.5), workdir)
 
