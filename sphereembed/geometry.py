@@ -19,8 +19,8 @@ Metric = Literal["euclidean", "squared_euclidean", "cosine", "great_circle"]
 METRICS: tuple[str, ...] = ("euclidean", "squared_euclidean", "cosine", "great_circle")
 
 __all__ = [
-    "METRICS", "Metric", "l2_normalize", "paired_distances", "pairwise_distances", "safe_sqrt",
-    "self_gram",
+    "METRICS", "Metric", "l2_normalize", "orthogonal_procrustes", "paired_distances",
+    "pairwise_distances", "safe_sqrt", "self_gram",
 ]
 
 
@@ -254,3 +254,39 @@ def paired_distances(x: jax.Array, y: jax.Array, metric: Metric = "euclidean") -
     return chord
   supplementary = safe_sqrt(jnp.sum(jnp.square(x + y), axis=-1))
   return jnp.where(chord <= supplementary, _half_angle(chord), jnp.pi - _half_angle(supplementary))
+
+
+def orthogonal_procrustes(source: jax.Array, target: jax.Array) -> jax.Array:
+  """The orthogonal ``(D, D)`` matrix ``R`` that minimises ``||source @ R - target||_F``.
+
+  Metric-learning losses see only distances, so two networks trained alike
+  embed the same images up to a rotation (or reflection) of the sphere.
+  ``source @ R`` expresses the first in the second's frame without moving any
+  point off the sphere or changing any distance. ``R = U V^T`` from the SVD
+  ``source^T target = U S V^T`` (Schoenemann, 1966; as
+  ``scipy.linalg.orthogonal_procrustes``).
+
+  Args:
+    source: ``(N, D)`` points.
+    target: ``(N, D)`` the same points in the other frame.
+
+  Returns:
+    ``(D, D)`` orthogonal ``R``.
+
+  Raises:
+    ValueError: not two ``(N, D)`` arrays of one shape.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sphereembed.geometry import orthogonal_procrustes
+    >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    >>> rotate = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
+    >>> orthogonal_procrustes(x @ rotate, x).round(4).tolist()
+    [[0.0, -1.0], [1.0, 0.0]]
+  """
+  source, target = jnp.asarray(source), jnp.asarray(target)
+  if source.ndim != 2 or source.shape != target.shape:
+    raise ValueError(f"orthogonal_procrustes expects two (N, D) arrays of one shape, got "
+                     f"{source.shape} and {target.shape}.")
+  u, _, vt = jnp.linalg.svd(source.T @ target)
+  return u @ vt

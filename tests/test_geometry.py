@@ -459,3 +459,29 @@ def test_self_gram_matches_the_plain_product_in_both_modes():
                               rtol=1e-12)
   chex.assert_trees_all_close(jax.vjp(self_gram, x)[1](cotangent), jax.vjp(plain, x)[1](cotangent),
                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_orthogonal_procrustes_undoes_a_random_rotation_like_scipy(dtype):
+  import scipy.linalg
+
+  from sphereembed.geometry import orthogonal_procrustes
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(50, 3))
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+  noisy = x @ q + 0.01 * rng.normal(size=x.shape)
+  r = orthogonal_procrustes(noisy.astype(dtype), x.astype(dtype))
+  assert r.dtype == dtype
+  r = np.asarray(r)
+  reference, _ = scipy.linalg.orthogonal_procrustes(noisy, x)
+  tol = 1e-5 if dtype == np.float32 else 1e-10
+  np.testing.assert_allclose(r, reference, atol=tol)
+  np.testing.assert_allclose(r @ r.T, np.eye(3), atol=tol)
+  np.testing.assert_allclose(r, q.T, atol=0.02)  # the inverse rotation, up to the noise
+
+
+def test_orthogonal_procrustes_rejects_mismatched_shapes():
+  from sphereembed.geometry import orthogonal_procrustes
+  with pytest.raises(ValueError, match="one shape"):
+    orthogonal_procrustes(np.ones((4, 3)), np.ones((4, 2)))

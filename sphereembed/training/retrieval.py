@@ -38,7 +38,13 @@ same evaluation:
 * ``"ensemble"``: ``ensemble_size`` deterministic networks from different
   seeds; their embeddings are the samples. Member 0 is the network of
   ``"deterministic"`` (and of ``"laplace_posthoc"`` and ``"pfe"``) of the
-  same seed.
+  same seed. The contrastive loss sees only distances, so every member embeds
+  in its own rotated frame of the sphere; with ``ensemble_alignment =
+  "procrustes"`` each member is first rotated onto member 0
+  (:func:`sphereembed.geometry.orthogonal_procrustes` on the embeddings of
+  the ``calibration_references`` training images), so that the spread of the
+  samples measures disagreement rather than the arbitrary rotations
+  (``"none"``: the embeddings as they come).
 * ``"pfe"``: Probabilistic Face Embeddings (Shi & Jain, ICCV 2019): a
   per-dimension log-sigma head (:class:`~sphereembed.models.cnn.EmbeddingHead`
   with ``confidence="sigma_diagonal"``) on the frozen deterministic network,
@@ -170,6 +176,7 @@ RESUME_SAFE_FIELDS = frozenset({
     # Evaluation only: a finished run can be re-evaluated with other values.
     "eval_num_samples", "calibration_bins", "calibration_references", "eval_seed",
     "tune_prior",  # the evaluated posterior's prior precision; training never reads it
+    "ensemble_alignment",
 })
 
 # ----------------------------------------------------------------------------
@@ -220,6 +227,7 @@ def default_retrieval_config() -> ml_collections.ConfigDict:
 
   # Baselines.
   config.ensemble_size = 5
+  config.ensemble_alignment = "procrustes"  # or "none": rotate members onto member 0 first
   config.pfe_steps = 2000  # steps of the PFE sigma head on the frozen network
   config.hib_num_samples = 8  # K samples per embedding in the HIB loss
   config.hib_num_pairs = 1024
@@ -251,6 +259,7 @@ _CHOICES = {
     "downsample": ("stride", "pool"),
     "repulsive": laplace.REPULSIVE,
     "structure": laplace.STRUCTURES,
+    "ensemble_alignment": ("procrustes", "none"),
 }
 _POSITIVE = ("embedding_dim", "kernel_size", "hidden", "margin", "classes_per_batch",
              "samples_per_class", "num_train_steps", "learning_rate", "prior_precision",
@@ -852,14 +861,25 @@ def _ensemble(run: _Run):
   members = [_train_network(run, member) for member in range(run.config.ensemble_size)]
   model = members[0][0]
   stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[p for _, p in members])
+  embed_all = jax.jit(
+      lambda stacked, images: jax.vmap(lambda p: model.apply({"params": p}, images)["embedding"])(
+          stacked))
+  dim = run.config.embedding_dim
+  rotations = jnp.broadcast_to(jnp.eye(dim), (len(members), dim, dim))
+  if run.config.ensemble_alignment == "procrustes":
+    references = _subset(run.data.train, run.config.calibration_references, 3).images
+    reference = _map_batches(lambda x, _: {"z": jnp.moveaxis(embed_all(stacked, x), 0, 1)},
+                             references, run.config.eval_batch_size)["z"]  # (N, members, D)
+    rotations = jnp.stack([geometry.orthogonal_procrustes(reference[:, m], reference[:, 0])
+                           for m in range(len(members))])
 
   @jax.jit
-  def sample(stacked, images):
-    embeddings = jax.vmap(lambda p: model.apply({"params": p}, images)["embedding"])(stacked)
+  def sample(stacked, rotations, images):
+    embeddings = jnp.einsum("mbd,mde->mbe", embed_all(stacked, images), rotations)
     out = laplace.predictive_embeddings(embeddings, normalize_mean=True)
     return {"mean": out.mean, "uncertainty": out.uncertainty, "samples": out.samples}
 
-  return lambda images, _: sample(stacked, images), {}
+  return lambda images, _: sample(stacked, rotations, images), {}
 
 
 def _gaussian_predictor(run: _Run, model: SmallCNN, params, uncertainty: Callable) -> Predictor:

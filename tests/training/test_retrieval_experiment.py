@@ -198,3 +198,16 @@ def test_multi_host_flags_are_refused(tmp_path):
   assert result.returncode != 0
   assert "experiments.retrieval trains in one process; --distributed" in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_ensemble_alignment_is_evaluation_only(data_dir, tmp_path):
+  workdir = str(tmp_path / "ensemble")
+  aligned = retrieval.train_and_evaluate(small_config(data_dir, "ensemble"), workdir)
+  raw = retrieval.train_and_evaluate(
+      small_config(data_dir, "ensemble", ensemble_alignment="none"), workdir)
+  assert raw["resumed_from_step"] == {"member_0": 4, "member_1": 4}
+  # Rotating member 1 changes its samples, so the spread (the uncertainty) differs.
+  assert raw["uncertainty_mean_test"] != pytest.approx(aligned["uncertainty_mean_test"])
+  with pytest.raises(ValueError, match="ensemble_alignment"):
+    retrieval.validate_retrieval_config(small_config(data_dir, "ensemble",
+                                                     ensemble_alignment="affine"))
