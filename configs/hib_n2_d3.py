@@ -10,7 +10,12 @@ Budget: 1800 steps of 128 images (16 classes x 8) and 512 pairs (the defaults of
 sphereembed.training.hib.default_hib_config): about 4 min of training on an idle 2-core CPU
 (as hib_n2_d2.py; a 3-D head costs nothing extra), plus about 30 s of evaluation.
 
-Expected result: not measured yet.
+Measured (seeds 0 / 1 / 2, mean ± std; python -m experiments.summarize --hib <workdirs>):
+  verification AP clean / corrupted, kNN accuracy clean / corrupted:
+  point  0.989 ± 0.000 / 0.888 ± 0.004, 0.945 ± 0.005 / 0.504 ± 0.012
+  MoG-1  0.990 ± 0.002 / 0.890 ± 0.005, 0.946 ± 0.012 / 0.499 ± 0.015
+  MoG-2  0.991 ± 0.001 / 0.890 ± 0.002, 0.953 ± 0.003 / 0.501 ± 0.003
+  (self-mismatch correlations: experiments/README.md). 5-10 min per run on one busy core.
 """
 
 from sphereembed.training.hib import default_hib_config
