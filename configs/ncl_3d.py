@@ -3,9 +3,9 @@
 Command (from the repository root):
   python -m experiments.mnist --config=configs/ncl_3d.py
 
-Expected result: not yet measured at full size with this recipe (the ncl_2d one: batch norm, 20
-epochs); it should fall between ncl_2d (98.73%) and ncl_128d (99.32%). Its workdir gets the two-view
-sphere figure embeddings.png.
+Measured (seed 0, batch norm, 20 epochs, on one busy CPU core, interrupted at step 5000 and
+resumed from its checkpoint): 99.06% nearest-centroid test accuracy, between ncl_2d (98.73%) and
+ncl_128d (99.32%). Its workdir gets the two-view sphere figure embeddings.png.
 """
 
 from sphereembed.training.config import default_config
