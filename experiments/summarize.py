@@ -85,14 +85,14 @@ def summarize(workdirs: list[str], metrics: tuple[str, ...] = ()) -> str:
 
 
 def _finished_runs(workdirs: list[str], key) -> dict:
-  """``key(metrics) -> [(workdir, metrics), ...]`` of the workdirs that hold a ``metrics.json``."""
+  """``key(workdir, metrics) -> [(workdir, metrics), ...]`` of the workdirs with a ``metrics.json``."""
   groups = collections.defaultdict(list)
   for workdir in workdirs:
     path = os.path.join(workdir, "metrics.json")
     if os.path.exists(path):
       with open(path, encoding="utf-8") as f:
         result = json.load(f)
-      groups[key(result)].append((workdir, result))
+      groups[key(workdir, result)].append((workdir, result))
   if not groups:
     raise SystemExit(f"No metrics.json under {workdirs}.")
   return groups
@@ -107,7 +107,7 @@ _HIB_COLUMNS = ("verification_ap_clean", "verification_ap_corrupted", "knn_accur
 
 def summarize_hib(workdirs: list[str]) -> str:
   """The HIB table of ``experiments.ndigit`` runs: one row per (N, D, model), mean ± std over seeds."""
-  groups = _finished_runs(workdirs, lambda result: (
+  groups = _finished_runs(workdirs, lambda _, result: (
       result["num_digits"], result["embedding_dim"], result["num_components"]))
   header = ["N", "D", "model", *(c.replace("_", " ") for c in _HIB_COLUMNS), "seeds",
             "train time (s)"]
@@ -145,20 +145,21 @@ def _retrieval_label(workdir: str, result: dict) -> str:
 
 def _retrieval_runs(workdirs: list[str]) -> dict[str, list[tuple[str, dict]]]:
   """``experiments.retrieval`` runs by method (and posterior structure), ``(workdir, metrics)`` by seed."""
-  groups = collections.defaultdict(list)
-  for runs in _finished_runs(workdirs, lambda result: None).values():
-    for workdir, result in runs:
-      groups[_retrieval_label(workdir, result)].append((workdir, result))
+  groups = _finished_runs(workdirs, _retrieval_label)
   return {label: sorted(runs, key=lambda run: run[1]["seed"]) for label, runs in groups.items()}
 
 
-def summarize_retrieval(workdirs: list[str]) -> str:
-  """The retrieval table of issue 8: one row per method, mean ± std over seeds, the paper's cells in parentheses."""
+def summarize_retrieval(workdirs: list[str], groups: dict | None = None) -> str:
+  """The retrieval table of issue 8: one row per method, mean ± std over seeds, the paper's cells in parentheses.
+
+  ``groups``: the runs as :func:`_retrieval_runs` reads them, when the caller has them already.
+  """
   from sphereembed.training.retrieval import METHODS  # pylint: disable=import-outside-toplevel
-  groups = _retrieval_runs(workdirs)
+  groups = groups if groups is not None else _retrieval_runs(workdirs)
   header = ["method", "mAP@1", "mAP@5", "mAP@10", "OOD AUROC", "OOD AUPRC", "AUSC", "ECE", "seeds",
             "train time (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
   def order(label):
     method = label.split(" ")[0]
     return (METHODS.index(method) if method in METHODS else len(METHODS), label)
@@ -194,10 +195,11 @@ def main(argv=None) -> None:
   if args.hib:
     print(summarize_hib(args.workdirs))
   elif args.retrieval:
-    print(summarize_retrieval(args.workdirs))
+    groups = _retrieval_runs(args.workdirs)
+    print(summarize_retrieval(args.workdirs, groups))
     if args.figures:
       from sphereembed.training.retrieval import plot_method_comparison  # pylint: disable=import-outside-toplevel
-      first = {method: runs[0][0] for method, runs in _retrieval_runs(args.workdirs).items()}
+      first = {label: runs[0][0] for label, runs in groups.items()}
       for path in plot_method_comparison(first, args.figures):
         print(f"wrote {path}")
   else:
