@@ -116,3 +116,27 @@ def test_step_flops_matches_xla_cost_analysis(downsample):
   ours = train.step_flops(arch, (28, 28, 1), 16, 4)
   # XLA also counts the elementwise work (bias, ReLU, normalisation) we leave out.
   assert ours <= cost["flops"] <= 1.05 * ours
+
+
+def test_floor_takes_our_fastest_row_and_names_its_device_count():
+  train = _load_script()
+  rows = [
+      {"framework": "sphereembed", "loss": "triplet_batch_hard", "status": "ok",
+       "images_per_s": 3000.0, "cpu_devices": 1},
+      {"framework": "sphereembed", "loss": "triplet_batch_hard", "status": "ok",
+       "images_per_s": 9000.0, "cpu_devices": 2},
+      {"framework": "pml", "loss": "triplet_batch_hard", "status": "ok", "images_per_s": 4000.0},
+  ]
+  assert train._ratio(rows[0], rows) == pytest.approx(0.75)
+  text = train.floor_text(rows, 2.0)
+  assert "2.25× (sphereembed (JAX), 2 CPU devices) — met" in text
+  rows[1]["status"] = "error"
+  assert "0.75× (sphereembed (JAX)) — **NOT met**" in train.floor_text(rows, 2.0)
+
+
+@pytest.mark.parametrize("text", ["3", "0,2", "two", ""])
+def test_cpu_devices_must_divide_the_batch(text):
+  train = _load_script()
+  with pytest.raises(SystemExit, match="cpu-devices"):
+    train._parse_devices(text, 256)
+  assert train._parse_devices("1,2,4", 256) == [1, 2, 4]

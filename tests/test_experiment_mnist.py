@@ -45,6 +45,29 @@ def test_command_runs_a_few_steps_and_writes_its_outputs(tmp_path):
   assert (workdir / "checkpoints" / "5").is_dir()
 
 
+def test_cpu_devices_flag_trains_on_a_mesh_of_that_many_cpu_devices(tmp_path):
+  data = write_fake_mnist(tmp_path / "data")
+  workdir = tmp_path / "run"
+  result = _run(["--config=configs/ncl_2d.py", f"--config.data_dir={data}", "--cpu_devices=2",
+                 "--config.num_epochs=1", "--config.sampler=shuffled", "--config.batch_size=48",
+                 "--config.features=(4, 8)", "--config.figures=False", f"--workdir={workdir}"],
+                tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert metrics["num_devices"] == 2 and metrics["num_train_steps"] == 5
+  assert 0 <= metrics["test_accuracy"] <= 1
+
+
+def test_cpu_devices_flag_is_refused_by_the_commands_without_a_mesh(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "experiments.ndigit", "--config=configs/hib_n2_d2.py",
+                           "--cpu_devices=2", f"--workdir={tmp_path / 'run'}"], cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode != 0
+  assert "--cpu_devices only applies to experiments.mnist" in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
 def test_unknown_override_fails_before_training(tmp_path):
   result = _run(["--config=configs/ncl_2d.py", "--config.embeding_dim=3",
                  f"--workdir={tmp_path / 'run'}"], tmp_path, timeout=120)
