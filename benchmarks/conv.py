@@ -11,10 +11,12 @@ median of 20 calls after a warm-up, in one process, alternating frameworks.
 
 Command (from the repository root; needs the ``bench`` extra for torch):
   python benchmarks/conv.py
+  taskset -c 0 python benchmarks/conv.py --batch 128   # one core: one of --cpu_devices=2's halves
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import platform
@@ -139,23 +141,30 @@ def torch_rows(x, w, dy) -> list[tuple[str, float]]:
 
 
 def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--batch", type=int, default=BATCH, help="batch size (default %(default)s)")
+  batch = parser.parse_args().batch
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.uniform(size=(BATCH, SIZE, SIZE, IN_CHANNELS)), jnp.float32)
+  x = jnp.asarray(rng.uniform(size=(batch, SIZE, SIZE, IN_CHANNELS)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(KERNEL, KERNEL, IN_CHANNELS, OUT_CHANNELS)) * 0.05, jnp.float32)
-  dy = jnp.asarray(rng.normal(size=(BATCH, SIZE // 2, SIZE // 2, OUT_CHANNELS)), jnp.float32)
+  dy = jnp.asarray(rng.normal(size=(batch, SIZE // 2, SIZE // 2, OUT_CHANNELS)), jnp.float32)
   np.testing.assert_allclose(conv_space_to_depth(x, w), conv_xla(x, w), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(conv_im2col(x, w), conv_xla(x, w), rtol=1e-4, atol=1e-4)
   print(f"# {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
         f"jax {jax.__version__}, load {os.getloadavg()[0]:.2f}")
   print(f"conv {KERNEL}x{KERNEL} {IN_CHANNELS}->{OUT_CHANNELS}, stride 2, {SIZE}x{SIZE}, "
-        f"batch {BATCH}, float32")
+        f"batch {batch}, float32")
   rows = jax_rows(x, w, dy)
   try:
     rows += torch_rows(x, w, dy)
   except ImportError:
     print("torch is not installed (pip install -e '.[bench]'): XLA rows only")
+  # Multiply-adds of one pass (forward, or either gradient), every tap counted.
+  flops = 2 * batch * (SIZE // 2) ** 2 * KERNEL ** 2 * IN_CHANNELS * OUT_CHANNELS
+  print(f"one pass = {flops / 1e9:.3f} GFLOP; forward + backward = 3 passes")
   for name, ms in rows:
-    print(f"| {name} | {ms:.1f} ms |")
+    passes = 1 if name.endswith(("forward", "gradient")) else 3
+    print(f"| {name} | {ms:.2f} ms | {passes * flops / 1e6 / ms:.0f} GFLOP/s |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ vectors, ``(B, D)``) and, when the model has a classification head,
 * :class:`CifarResNet`, :data:`ResNet18`, :data:`ResNet34`: CIFAR ResNets with
   batch norm (statistics in the ``"batch_stats"`` collection) and optional
   bfloat16 compute (:mod:`sphereembed.models.resnet`).
+* :func:`sphereembed.models.conv.conv_general_dilated`: ``nn.Conv``'s
+  convolution with the strided input gradient in polyphase form (the
+  SmallCNN's default; faster on CPU).
 """
 
 from sphereembed.models.cnn import EmbeddingHead, SmallCNN
