@@ -313,7 +313,8 @@ def worker_sphereembed(cfg) -> dict:
     step()  # traces, compiles and runs one step
     result["first_step_s"] = time.perf_counter() - t0
     stage = "run"
-    result.update(_timing_summary(_time_steps(step, cfg), cfg["batch_size"]))
+    times = _time_steps(step, cfg)
+    result.update(_timing_summary(times, cfg["batch_size"]), times_s=times)
     result["final_loss"] = float(holder["metrics"]["loss"])
     result["loss_finite"] = bool(np.isfinite(result["final_loss"]))
     result["steps_total"] = int(holder["state"].step)
@@ -455,7 +456,8 @@ def worker_pml(cfg) -> dict:
     t0 = time.perf_counter()
     step()
     result["first_step_s"] = time.perf_counter() - t0
-    result.update(_timing_summary(_time_steps(step, cfg), cfg["batch_size"]))
+    times = _time_steps(step, cfg)
+    result.update(_timing_summary(times, cfg["batch_size"]), times_s=times)
     result["final_loss"] = float(holder["loss"].detach())
     result["loss_finite"] = bool(np.isfinite(result["final_loss"]))
     result["steps_total"] = holder["i"]
@@ -506,8 +508,33 @@ def run_worker(framework: str, cfg: dict, timeout_s: float) -> dict:
 
 TABLE_HEADER = (
     "| loss | framework | images/s (median) | spread: images/s IQR | ms/step (median) | steps "
-    "| sphereembed/PML |\n"
-    "|---|---|---:|---:|---:|---:|---:|\n")
+    "| images/s of each round | sphereembed/PML |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|\n")
+
+
+def merge_rounds(rows: list[dict], batch_size: int) -> list[dict]:
+  """One row per (loss, framework, devices): the step times of every round pooled.
+
+  The rounds interleave the workers, so a slow spell of the machine (these are
+  shared cores) lands on every row alike instead of on one of them.
+  """
+  merged = {}
+  for row in rows:
+    key = (row["loss"], row["framework"], row.get("cpu_devices", 1))
+    if key not in merged:
+      merged[key] = {**row, "round_images_per_s": [], "times_s": []}
+    target = merged[key]
+    if row.get("status") != "ok":
+      if target.get("status") == "ok" or not target["times_s"]:
+        target.update(status=row.get("status", "error"), error=row.get("error"))
+      continue
+    target["round_images_per_s"].append(row["images_per_s"])
+    target["times_s"] += row["times_s"]
+    target["gemm_gflops"] = max(target.get("gemm_gflops", 0.0), row.get("gemm_gflops", 0.0))
+  for target in merged.values():
+    if target.get("status") == "ok" and target["times_s"]:
+      target.update(_timing_summary(target["times_s"], batch_size))
+  return list(merged.values())
 
 
 def row_label(row) -> str:
@@ -542,10 +569,11 @@ def row_text(row, rows) -> str:
   if row.get("status") == "ok":
     cells += [_num(row["images_per_s"]),
               f"{_num(row['images_per_s_q1'])}–{_num(row['images_per_s_q3'])}",
-              _num(row["median_ms"]), str(row["steps"])]
+              _num(row["median_ms"]), str(row["steps"]),
+              ", ".join(_num(v) for v in row.get("round_images_per_s", [row["images_per_s"]]))]
   else:
     error = str(row.get("error", "?"))[:100].replace("|", "/").replace("\n", " ")
-    cells += [f"{row.get('status', 'error')}: {error}", "—", "—", "—"]
+    cells += [f"{row.get('status', 'error')}: {error}", "—", "—", "—", "—"]
   if PML_PEER[row["loss"]] is None:
     cells.append("no PML peer")
   elif row["framework"] == "sphereembed":
@@ -656,7 +684,9 @@ def section_text(rows, info, data_info, args, command, started, finished, skippe
       "starts from the Flax initial weights. Adam, learning rate "
       f"{LEARNING_RATE:g}, default betas and eps in both.",
       "",
-      f"Timing: each (loss, framework) in its own subprocess; {args.warmup} warm-up step(s) after "
+      f"Timing: each (loss, framework) in its own subprocess, {args.rounds} round(s) of all "
+      "of them in turn (a row pools the step times of its rounds, so a slow spell of these "
+      f"shared cores falls on every row alike); {args.warmup} warm-up step(s) after "
       f"the first (compiling) step, then per-step wall times over at least {args.seconds:g} s "
       f"and {args.min_steps} steps (at most {args.max_seconds:g} s). A step is the whole "
       "update from uint8 NumPy batch to new parameters: ours `train_step(state, batch, spec)` "
@@ -756,6 +786,9 @@ def main(argv=None) -> int:
                       help="comma-separated device counts for our side, one row each: the CPU "
                            "split into N XLA devices and the step run data-parallel over them "
                            "(default: 1 and the number of available CPUs)")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="times every worker runs, the workers interleaved; a row pools the "
+                           "step times of its rounds (default %(default)s)")
   parser.add_argument("--torch-threads", type=int, default=0,
                       help="torch.set_num_threads for the PML side (default 0: torch's default)")
   parser.add_argument("--seed", type=int, default=0)
@@ -777,7 +810,7 @@ def main(argv=None) -> int:
     return worker_main(args.worker, args.worker_config)
 
   if args.smoke:
-    args.seconds, args.min_steps, args.warmup = 0.0, 3, 1
+    args.seconds, args.min_steps, args.warmup, args.rounds = 0.0, 3, 1, 1
   command = "python benchmarks/train.py" + "".join(
       " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
   loss_names = _parse_list(args.losses, ALL_LOSSES)
@@ -831,20 +864,25 @@ def main(argv=None) -> int:
                 batches_path=batches_path, params_path=os.path.join(tmp, "params.npz"),
                 torch_threads=args.torch_threads, warmup=args.warmup, seconds=args.seconds, min_steps=args.min_steps,
                 max_steps=100000, max_seconds=args.max_seconds)
-    for loss in loss_names:
-      for framework in frameworks:
-        if framework == "pml" and PML_PEER[loss] is None:
-          continue
-        for devices in (cpu_devices if framework == "sphereembed" else [1]):
-          cfg = {**base, "loss": loss, "cpu_devices": devices}
-          row = run_worker(framework, cfg, args.timeout)
-          row["loadavg_after"] = os.getloadavg()[0]
-          rows.append(row)
-          print(row_text(row, rows), flush=True)
-          with open(raw_path, "a") as f:
-            f.write(json.dumps({**row, "config": {k: v for k, v in cfg.items()
-                                                  if not k.endswith("_path")},
-                                "data": data_info}) + "\n")
+    for round_index in range(args.rounds):
+      round_rows = []
+      for loss in loss_names:
+        for framework in frameworks:
+          if framework == "pml" and PML_PEER[loss] is None:
+            continue
+          for devices in (cpu_devices if framework == "sphereembed" else [1]):
+            cfg = {**base, "loss": loss, "cpu_devices": devices}
+            row = run_worker(framework, cfg, args.timeout)
+            row.update(loadavg_after=os.getloadavg()[0], round=round_index)
+            round_rows.append(row)
+            print(row_text(row, round_rows) + f" round {round_index + 1}/{args.rounds}",
+                  flush=True)
+            with open(raw_path, "a") as f:
+              f.write(json.dumps({**row, "config": {k: v for k, v in cfg.items()
+                                                    if not k.endswith("_path")},
+                                  "data": data_info}) + "\n")
+      rows += round_rows
+  rows = merge_rounds(rows, args.batch_size)
   info["loadavg_end"] = os.getloadavg()[0]
   finished = datetime.datetime.now().isoformat(timespec="seconds")
   section = section_text(rows, info, data_info, args, command, started, finished, skipped)

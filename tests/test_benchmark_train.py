@@ -140,3 +140,21 @@ def test_cpu_devices_must_divide_the_batch(text):
   with pytest.raises(SystemExit, match="cpu-devices"):
     train._parse_devices(text, 256)
   assert train._parse_devices("1,2,4", 256) == [1, 2, 4]
+
+
+def test_rounds_pool_their_step_times_into_one_row():
+  train = _load_script()
+  rows = [
+      {"framework": "pml", "loss": "triplet_batch_hard", "status": "ok", "images_per_s": 100.0,
+       "times_s": [0.1, 0.1], "initial_loss": 0.5},
+      {"framework": "pml", "loss": "triplet_batch_hard", "status": "ok", "images_per_s": 50.0,
+       "times_s": [0.2, 0.2, 0.2]},
+      {"framework": "sphereembed", "loss": "triplet_batch_hard", "status": "timeout",
+       "cpu_devices": 2, "error": "killed"},
+  ]
+  merged = train.merge_rounds(rows, batch_size=10)
+  assert len(merged) == 2
+  pml = merged[0]
+  assert pml["steps"] == 5 and pml["median_ms"] == pytest.approx(200.0)
+  assert pml["round_images_per_s"] == [100.0, 50.0] and pml["initial_loss"] == 0.5
+  assert merged[1]["status"] == "timeout" and "—" in train.row_text(merged[1], merged)
