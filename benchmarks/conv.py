@@ -4,9 +4,11 @@ The train step of ``benchmarks/train.py`` is dominated by ``SmallCNN``'s second
 convolution (5x5, 32 -> 64 channels, stride 2, 14x14 -> 7x7, batch 256). This
 script times that layer alone in both frameworks, split into its three
 passes (forward, weight gradient, input gradient) for XLA, and forward and
-forward + backward for torch (oneDNN), plus the two rewrites of the
-convolution tried in JAX: im2col + matmul with a hand-written VJP, and
-space-to-depth (a stride-1 3x3 convolution on 2x2 blocks). Each timing is the
+forward + backward for torch (oneDNN), plus the rewrites of the
+convolution tried in JAX: im2col + matmul with a hand-written VJP,
+space-to-depth (a stride-1 3x3 convolution on 2x2 blocks), and the one
+SmallCNN uses, :func:`sphereembed.models.conv.conv_general_dilated` (XLA's
+forward and weight gradient, the input gradient in polyphase form). Each timing is the
 median of 20 calls after a warm-up, in one process, alternating frameworks.
 
 Command (from the repository root; needs the ``bench`` extra for torch):
@@ -26,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
+
+from sphereembed.models import conv as polyphase_conv
 
 BATCH, SIZE, IN_CHANNELS, OUT_CHANNELS, KERNEL = 256, 14, 32, 64, 5
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -76,6 +80,11 @@ def _im2col_backward(residuals, dy):
 conv_im2col.defvjp(_im2col_forward, _im2col_backward)
 
 
+def conv_polyphase(x, w):
+  """The same convolution through SmallCNN's ``conv_general_dilated`` (polyphase input gradient)."""
+  return polyphase_conv.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=DIMENSIONS)
+
+
 def conv_space_to_depth(x, w):
   """The same convolution as a stride-1 3x3 convolution on 2x2 pixel blocks."""
   n, h, _, c = x.shape
@@ -104,7 +113,10 @@ def jax_rows(x, w, dy) -> list[tuple[str, float]]:
     return _median_ms(lambda: jax.block_until_ready(compiled(*args)))
 
   def forward_backward(conv):
-    return lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)
+    def run(x, w, dy):
+      out, vjp = jax.vjp(conv, x, w)
+      return out, vjp(dy)  # the output too: otherwise XLA drops the forward pass as dead code
+    return run
 
   return [
       ("XLA forward", timed(conv_xla, x, w)),
@@ -116,6 +128,10 @@ def jax_rows(x, w, dy) -> list[tuple[str, float]]:
       ("im2col + matmul, custom VJP: forward + backward",
        timed(forward_backward(conv_im2col), x, w, dy)),
       ("space-to-depth: forward + backward", timed(forward_backward(conv_space_to_depth), x, w, dy)),
+      ("polyphase input gradient (sphereembed.models.conv)",
+       timed(lambda x, w, dy: jax.vjp(lambda x: conv_polyphase(x, w), x)[1](dy), x, w, dy)),
+      ("polyphase (sphereembed.models.conv): forward + backward",
+       timed(forward_backward(conv_polyphase), x, w, dy)),
   ]
 
 
@@ -163,7 +179,7 @@ def main() -> None:
   flops = 2 * batch * (SIZE // 2) ** 2 * KERNEL ** 2 * IN_CHANNELS * OUT_CHANNELS
   print(f"one pass = {flops / 1e9:.3f} GFLOP; forward + backward = 3 passes")
   for name, ms in rows:
-    passes = 1 if name.endswith(("forward", "gradient")) else 3
+    passes = 3 if "backward" in name else 1
     print(f"| {name} | {ms:.2f} ms | {passes * flops / 1e6 / ms:.0f} GFLOP/s |")
 
 
