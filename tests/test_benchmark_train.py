@@ -158,3 +158,18 @@ def test_rounds_pool_their_step_times_into_one_row():
   assert pml["steps"] == 5 and pml["median_ms"] == pytest.approx(200.0)
   assert pml["round_images_per_s"] == [100.0, 50.0] and pml["initial_loss"] == 0.5
   assert merged[1]["status"] == "timeout" and "—" in train.row_text(merged[1], merged)
+
+
+@pytest.mark.parametrize("polyphase", [True, False])
+def test_profile_step_ranks_xla_operations(capsys, polyphase):
+  spec = importlib.util.spec_from_file_location("sphereembed_benchmark_profile",
+                                                ROOT / "benchmarks" / "profile_step.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  argv = ["--batch", "8", "--steps", "2", "--top", "40"] + ([] if polyphase else ["--no-polyphase"])
+  assert module.main(argv) == 0
+  out = capsys.readouterr().out
+  rows = re.findall(r"^\| (\S+) \| ([0-9.]+) \| ", out, flags=re.M)
+  assert rows and all(float(ms) >= 0 for _, ms in rows)
+  # XLA's own input gradient of the strided conv is the dilated convolution; the polyphase one is not.
+  assert any(name.startswith("convolution-base-dilated") for name, _ in rows) != polyphase
