@@ -273,7 +273,9 @@ def worker_sphereembed(cfg) -> dict:
   with np.load(cfg["batches_path"]) as f:
     images, labels = f["images"], f["labels"]
   model = SmallCNN(cfg["dim"], features=tuple(cfg["features"]), kernel_size=cfg["kernel_size"],
-                   downsample=cfg["downsample"], hidden=cfg["hidden"])
+                   downsample=cfg["downsample"], hidden=cfg["hidden"],
+                   polyphase_gradient=cfg.get("polyphase", True))
+  result["polyphase"] = cfg.get("polyphase", True)
   state = create_train_state(model, optax.adam(cfg["learning_rate"]),
                              jax.random.PRNGKey(cfg["seed"]), images[0],
                              cfg["num_classes"])
@@ -520,7 +522,7 @@ def merge_rounds(rows: list[dict], batch_size: int) -> list[dict]:
   """
   merged = {}
   for row in rows:
-    key = (row["loss"], row["framework"], row.get("cpu_devices", 1))
+    key = (row["loss"], row["framework"], row.get("cpu_devices", 1), row.get("polyphase", True))
     if key not in merged:
       merged[key] = {**row, "round_images_per_s": [], "times_s": []}
     target = merged[key]
@@ -538,10 +540,11 @@ def merge_rounds(rows: list[dict], batch_size: int) -> list[dict]:
 
 
 def row_label(row) -> str:
-  """The framework column: ours names its device count when the CPU is split into several."""
+  """The framework column: ours names its device count, and XLA's own conv gradient when used."""
   label = FRAMEWORK_LABEL[row["framework"]]
   devices = row.get("cpu_devices", 1)
-  return f"{label}, {devices} CPU devices" if devices > 1 else label
+  label += f", {devices} CPU devices" if devices > 1 else ""
+  return label + (", XLA's conv input gradient" if not row.get("polyphase", True) else "")
 
 
 def _ratio(ours, rows):
@@ -706,6 +709,12 @@ def section_text(rows, info, data_info, args, command, started, finished, skippe
       "",
       "Columns: *spread*: images/s at the slower and faster quartile step time (IQR). "
       "*sphereembed/PML*: ratio of the median images/s, > 1 means ours is faster. "
+      + ("Rows marked *XLA's conv input gradient* run `SmallCNN(polyphase_gradient=False)`: "
+         "the strided convolutions' input gradient as XLA computes it (a convolution over "
+         "the output gradient dilated with zeros) instead of the polyphase form "
+         "(`sphereembed.models.conv`, the default); the values are the same up to rounding. "
+         if any(not r.get("polyphase", True) for r in rows) else "")
+      + "*images/s of each round*: the median of each round alone. "
       + (f"Our first step (trace + compile + run): {ours['first_step_s']:.1f} s, excluded."
          if "first_step_s" in ours else ""),
       "",
@@ -789,6 +798,10 @@ def main(argv=None) -> int:
   parser.add_argument("--rounds", type=int, default=3,
                       help="times every worker runs, the workers interleaved; a row pools the "
                            "step times of its rounds (default %(default)s)")
+  parser.add_argument("--ablate-polyphase", action="store_true",
+                      help="also time our triplet_batch_hard step with XLA's own input gradient for "
+                           "the strided convolutions (SmallCNN(polyphase_gradient=False)), per "
+                           "device count")
   parser.add_argument("--torch-threads", type=int, default=0,
                       help="torch.set_num_threads for the PML side (default 0: torch's default)")
   parser.add_argument("--seed", type=int, default=0)
@@ -870,8 +883,13 @@ def main(argv=None) -> int:
         for framework in frameworks:
           if framework == "pml" and PML_PEER[loss] is None:
             continue
-          for devices in (cpu_devices if framework == "sphereembed" else [1]):
-            cfg = {**base, "loss": loss, "cpu_devices": devices}
+          variants = [(1, True)]
+          if framework == "sphereembed":
+            ablate = args.ablate_polyphase and PML_PEER[loss] is not None
+            variants = [(n, poly) for n in cpu_devices for poly in ((True, False) if ablate
+                                                                     else (True,))]
+          for devices, polyphase in variants:
+            cfg = {**base, "loss": loss, "cpu_devices": devices, "polyphase": polyphase}
             row = run_worker(framework, cfg, args.timeout)
             row.update(loadavg_after=os.getloadavg()[0], round=round_index)
             round_rows.append(row)
