@@ -120,7 +120,8 @@ class SmallCNN(nn.Module):
       (see :class:`EmbeddingHead`).
     polyphase_gradient: the strided convolutions' input gradient in the
       polyphase form on CPU (:mod:`sphereembed.models.conv`: the same values,
-      and 1.6x the train step's images/s on one CPU device). It is a
+      and 1.2x the train step's images/s on one CPU device, 1.14x on two:
+      ``benchmarks/RESULTS.md``). It is a
       ``custom_vjp``, so reverse mode only: set ``False`` to take forward-mode
       derivatives (``jax.jvp``, ``jax.jacfwd``) through the network.
   """

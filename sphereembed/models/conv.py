@@ -3,9 +3,10 @@
 The input gradient of a stride-``s`` convolution is a transposed convolution:
 XLA computes it as a convolution over ``dy`` with ``s - 1`` zeros inserted
 between its pixels (``lhs_dilation``). On CPU that lowers to a generic path
-that multiplies the inserted zeros too, and it was the largest single cost of
-:class:`sphereembed.models.cnn.SmallCNN`'s train step (``benchmarks/conv.py``;
-the profile is in the README's benchmark section).
+that multiplies the inserted zeros too, and it was the largest single operation
+of :class:`sphereembed.models.cnn.SmallCNN`'s train step (a third of it on one
+core: ``benchmarks/profile_step.py --no-polyphase``; ``benchmarks/conv.py``
+times the layer alone).
 
 The polyphase form computes the same gradient without the zeros: input pixel
 ``n = s * m + a`` only meets the kernel taps ``t`` with
