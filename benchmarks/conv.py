@@ -7,7 +7,7 @@ passes (forward, weight gradient, input gradient) for XLA, and forward and
 forward + backward for torch (oneDNN), plus the rewrites of the
 convolution tried in JAX: im2col + matmul with a hand-written VJP,
 space-to-depth (a stride-1 3x3 convolution on 2x2 blocks), and the one
-SmallCNN uses, :func:`sphereembed.models.conv.conv_general_dilated` (XLA's
+the training loop's SmallCNN uses, :func:`sphereembed.models.conv.conv_general_dilated` (XLA's
 forward and weight gradient, the input gradient in polyphase form). Each timing is the
 median of 20 calls after a warm-up, in one process, alternating frameworks.
 

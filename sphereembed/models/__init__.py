@@ -10,7 +10,7 @@ vectors, ``(B, D)``) and, when the model has a classification head,
   bfloat16 compute (:mod:`sphereembed.models.resnet`).
 * :func:`sphereembed.models.conv.conv_general_dilated`: ``nn.Conv``'s
   convolution with the strided input gradient in polyphase form (the
-  SmallCNN's default; faster on CPU).
+  ``SmallCNN(polyphase_gradient=True)``, the training loop's default; faster on CPU).
 """
 
 from sphereembed.models.cnn import EmbeddingHead, SmallCNN

@@ -121,9 +121,11 @@ class SmallCNN(nn.Module):
     polyphase_gradient: the strided convolutions' input gradient in the
       polyphase form on CPU (:mod:`sphereembed.models.conv`: the same values,
       and 1.2x the train step's images/s on one CPU device, 1.14x on two:
-      ``benchmarks/RESULTS.md``). It is a
-      ``custom_vjp``, so reverse mode only: set ``False`` to take forward-mode
-      derivatives (``jax.jvp``, ``jax.jacfwd``) through the network.
+      ``benchmarks/RESULTS.md``). It is a ``custom_vjp``, so the network then
+      supports reverse mode only (``jax.grad``, ``jax.vjp``), not forward mode
+      (``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``, which the Laplace GGN
+      products use). Off by default; the training loop switches it on
+      (``config.polyphase_gradient``).
   """
 
   embedding_dim: int
@@ -137,7 +139,7 @@ class SmallCNN(nn.Module):
   confidence: str | None = None
   kappa_max: float = 1000.0
   confidence_feature_gradient: bool = True
-  polyphase_gradient: bool = True
+  polyphase_gradient: bool = False
 
   def _normalize(self, x: jax.Array, train: bool) -> jax.Array:
     if not self.batch_norm:

@@ -21,7 +21,11 @@ CPU; everything else (other layouts, dilations, groups, GPU and TPU through
 ``lax.platform_dependent``) is ``lax.conv_general_dilated`` unchanged. The
 forward pass and the weight gradient are XLA's own in every case.
 
-Use it as ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``.
+Use it as ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``. The
+gradient is a ``custom_vjp``: reverse mode only. ``jax.jvp``, ``jax.linearize``
+and ``jax.jacfwd`` through it raise a ``TypeError``, so
+:class:`~sphereembed.models.cnn.SmallCNN` takes it only when asked
+(``polyphase_gradient=True``, the training loop's default).
 
 References:
   V. Dumoulin and F. Visin, "A guide to convolution arithmetic for deep

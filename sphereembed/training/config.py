@@ -70,6 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.hidden = 128
   config.dropout_rate = 0.0
   config.batch_norm = False  # small_cnn: batch norm after each conv and the dense layer
+  # small_cnn: the strided convs' input gradient in polyphase form on CPU (sphereembed.models.conv;
+  # same values, faster). Reverse mode only, which is all training needs.
+  config.polyphase_gradient = True
   config.classifier_head = False
 
   # Loss: "ncl", "triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all",

@@ -161,7 +161,8 @@ def _make_model(config, num_classes: int, train: data_lib.Split):
     return SmallCNN(config.embedding_dim, features=tuple(config.features),
                     kernel_size=config.kernel_size, downsample=config.downsample,
                     hidden=config.hidden, dropout_rate=config.dropout_rate,
-                    batch_norm=config.batch_norm, **head)
+                    batch_norm=config.batch_norm,
+                    polyphase_gradient=config.polyphase_gradient, **head)
   mean, std = _normalization(config.dataset, train)
   return resnet.CifarResNet(config.embedding_dim, stage_sizes=resnet.STAGE_SIZES[
       _RESNET_DEPTHS[config.model]], width=config.width, mean=mean, std=std,

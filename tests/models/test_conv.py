@@ -113,7 +113,7 @@ def test_other_convolutions_are_lax_s_own(kwargs):
 
 def test_small_cnn_gradients_do_not_depend_on_the_switch_and_jvp_needs_it_off():
   images = np.random.default_rng(8).integers(0, 256, size=(6, 28, 28, 1), dtype=np.uint8)
-  fast, plain = SmallCNN(4, features=(4, 8)), SmallCNN(4, features=(4, 8), polyphase_gradient=False)
+  fast, plain = SmallCNN(4, features=(4, 8), polyphase_gradient=True), SmallCNN(4, features=(4, 8))
   params = fast.init(jax.random.PRNGKey(0), images)
 
   def loss(model, p):
