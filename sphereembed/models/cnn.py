@@ -120,8 +120,8 @@ class SmallCNN(nn.Module):
       (see :class:`EmbeddingHead`).
     polyphase_gradient: the strided convolutions' input gradient in the
       polyphase form on CPU (:mod:`sphereembed.models.conv`: the same values,
-      and 1.2x the train step's images/s on one CPU device, 1.14x on two:
-      ``benchmarks/RESULTS.md``). It is a ``custom_vjp``, so the network then
+      and 1.2-1.3x the train step's images/s on one CPU device, 1.07-1.14x on
+      two: ``benchmarks/RESULTS.md``). It is a ``custom_vjp``, so the network then
       supports reverse mode only (``jax.grad``, ``jax.vjp``), not forward mode
       (``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``, which the Laplace GGN
       products use). Off by default; the training loop switches it on
