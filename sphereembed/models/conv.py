@@ -89,7 +89,8 @@ def polyphase_input_gradient(dy: jax.Array, kernel: jax.Array, input_shape: Sequ
       taps, offsets, lengths = [], [], []
       for axis, phase in ((0, a), (1, b)):
         t, j = _phase_taps(kernel.shape[axis], strides[axis], padding[axis][0], phase)
-        taps.append(t), offsets.append(j)
+        taps.append(t)
+        offsets.append(j)
         lengths.append(len(range(phase, sizes[axis], strides[axis])))
       if not taps[0] or not taps[1] or not lengths[0] or not lengths[1]:
         # No tap reaches this phase (kernel smaller than the stride): its pixels get no gradient.
@@ -100,8 +101,9 @@ def polyphase_input_gradient(dy: jax.Array, kernel: jax.Array, input_shape: Sequ
         sub = jnp.swapaxes(jnp.flip(sub, (0, 1)), 2, 3)  # (kh, kw, O, C): dy's channels in
         # z[m] = sum_j dy[m + j] sub[j - j_min]: dy cropped or zero-padded so a VALID
         # correlation yields exactly this phase's pixels.
-        pads = [(0, 0, 0)] + [(-offsets[k][0], lengths[k] - 1 + offsets[k][-1] - (dy.shape[1 + k] - 1), 0)
-                              for k in (0, 1)] + [(0, 0, 0)]
+        spatial = [(-offsets[k][0], lengths[k] + offsets[k][-1] - dy.shape[1 + k], 0)
+                   for k in (0, 1)]
+        pads = [(0, 0, 0)] + spatial + [(0, 0, 0)]
         window = lax.pad(dy, jnp.zeros((), dy.dtype), pads)
         z = lax.conv_general_dilated(window, sub, (1, 1), "VALID", dimension_numbers=_LAYOUT,
                                      precision=precision)
