@@ -34,11 +34,14 @@ def profile(batch: int, steps: int, polyphase: bool, trace_dir: str, dump_hlo: b
 
   from sphereembed import losses
   from sphereembed.models.cnn import SmallCNN
+  from sphereembed.training.config import default_config
 
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.random((batch, 28, 28, 1), dtype=np.float32))
   labels = jnp.asarray(np.arange(batch) % 8)
-  model = SmallCNN(128, features=(32, 64), kernel_size=5, downsample="stride", hidden=128,
+  config = default_config()  # the experiments' CNN, as benchmarks/train.py times it
+  model = SmallCNN(128, features=tuple(config.features), kernel_size=config.kernel_size,
+                   downsample=config.downsample, hidden=config.hidden,
                    polyphase_gradient=polyphase)
   params = model.init(jax.random.PRNGKey(0), images)
 

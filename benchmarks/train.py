@@ -526,9 +526,8 @@ def merge_rounds(rows: list[dict], batch_size: int) -> list[dict]:
     if key not in merged:
       merged[key] = {**row, "round_images_per_s": [], "times_s": []}
     target = merged[key]
-    if row.get("status") != "ok":
-      if target.get("status") == "ok" or not target["times_s"]:
-        target.update(status=row.get("status", "error"), error=row.get("error"))
+    if row.get("status") != "ok":  # one failed round marks the whole row failed
+      target.update(status=row.get("status", "error"), error=row.get("error"))
       continue
     target["round_images_per_s"].append(row["images_per_s"])
     target["times_s"] += row["times_s"]
