@@ -4,7 +4,7 @@ Command (from the repository root; the data as experiments/cifar.py and
 sphereembed.data.cifar.load_cifar explain: cifar-100-python/ or its .tar.gz under
 --config.data_dir, $SPHEREEMBED_DATA_DIR or ../shared/data, or TFDS with --config.download=True
 on a machine with internet):
-  python -m experiments.cifar --config=configs/cifar100_ncl_3d.py
+  python -m experiments.mnist --config=configs/cifar100_ncl_3d.py
   seeds: --config.seed=1, 2, ...; mean and std over seeds:
   python -m experiments.summarize runs/cifar100_ncl_3d/*
 
@@ -18,7 +18,7 @@ flax-ImageNet-style CIFAR recipe (sphereembed.training.config.cifar_config).
 Reduced CPU run (the command above with a budget one CPU affords; a smoke run, not a result:
 1-2 minutes on 2 shared cores, e.g. 70 s for cifar100_ncl_1024d on generated data in the
 canonical format):
-  python -m experiments.cifar --config=configs/cifar100_ncl_3d.py --config.width=0.25 \
+  python -m experiments.mnist --config=configs/cifar100_ncl_3d.py --config.width=0.25 \
       --config.num_epochs=2 --config.max_train_examples=5000 --config.max_test_examples=2000 \
       --config.batch_size=128 --config.warmup_steps=20 --config.alpha_every=20 \
       --config.eval_every_steps=1000
@@ -29,7 +29,7 @@ of 47.2% and ACC@80% (the accuracy on the 80% of test images closest to their ce
 test_accuracy and test_accuracy_at_80.
 """
 
-from sphereembed.training.config import cifar_config
+from sphereembed.methods.centroid import cifar_config
 
 
 def get_config():

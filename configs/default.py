@@ -1,13 +1,13 @@
 """Every field of an MNIST-family experiment, with its default (NCL in 2-D on MNIST).
 
-The fields and their meaning are in :func:`sphereembed.training.config.default_config`;
+The fields and their meaning are in :func:`sphereembed.methods.default_config`;
 the other configs start from it and change a few fields.
 
 Command (a quick smoke run):
   python -m experiments.mnist --config=configs/default.py --config.num_epochs=1
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """Deterministic contrastive embedding on Fashion-MNIST (the baseline of LAM, issue 8).
 
 Command (from the repository root):
-  python -m experiments.retrieval --config=configs/deterministic_fmnist.py
+  python -m experiments.mnist --config=configs/deterministic_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
 Budget: 3000 steps of 130 images (10 classes x 13, about 6.5 epochs) of the SmallCNN with a 3-D
@@ -14,10 +14,9 @@ mAP@5 0.841 ± 0.006, mAP@10 0.833 ± 0.006; 2-5 minutes of training, 12-30 s of
 The paper's Fashion-MNIST row: mAP@1 0.78.
 """
 
-from sphereembed.training.retrieval import default_retrieval_config
+from sphereembed.methods import default_config
 
 
 def get_config():
-  config = default_retrieval_config()
-  config.method = "deterministic"
+  config = default_config("deterministic")
   return config

@@ -1,7 +1,7 @@
 """Deep ensemble of 5 contrastive networks on Fashion-MNIST (a baseline of LAM, issue 8).
 
 Command (from the repository root):
-  python -m experiments.retrieval --config=configs/ensemble_fmnist.py
+  python -m experiments.mnist --config=configs/ensemble_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
 Budget: five trainings of configs/deterministic_fmnist.py (3000 steps each, different
@@ -13,11 +13,10 @@ ranking); ECE 0.125 ± 0.065 (seeds 0 and 1 under-confident). Seed 0 without the
 (--config.ensemble_alignment=none): AUROC 0.538, AUSC 0.820, ECE 0.131.
 """
 
-from sphereembed.training.retrieval import default_retrieval_config
+from sphereembed.methods import default_config
 
 
 def get_config():
-  config = default_retrieval_config()
-  config.method = "ensemble"
+  config = default_config("ensemble")
   config.ensemble_size = 5
   return config

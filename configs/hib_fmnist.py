@@ -1,7 +1,7 @@
 """Hedged Instance Embeddings on Fashion-MNIST (a baseline of LAM, issue 8).
 
 Command (from the repository root):
-  python -m experiments.retrieval --config=configs/hib_fmnist.py
+  python -m experiments.mnist --config=configs/hib_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
 The SmallCNN with a per-dimension log-sigma head, trained end to end with the VIB match loss
@@ -14,10 +14,9 @@ sigmas of the MNIST digits are *smaller* than those of the Fashion-MNIST queries
 head, not a novelty detector), AUPRC 0.312 ± 0.002; AUSC 0.930 ± 0.004; ECE 0.064 ± 0.001.
 """
 
-from sphereembed.training.retrieval import default_retrieval_config
+from sphereembed.methods import default_config
 
 
 def get_config():
-  config = default_retrieval_config()
-  config.method = "hib"
+  config = default_config("retrieval_hib")
   return config

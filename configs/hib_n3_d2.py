@@ -1,9 +1,9 @@
 """HIB on 3-digit MNIST (1000 classes: 700 seen, 300 unseen) with a 2-D embedding.
 
 Commands (from the repository root), point / MoG-1 / MoG-2:
-  python -m experiments.ndigit --config=configs/hib_n3_d2.py --config.num_components=0
-  python -m experiments.ndigit --config=configs/hib_n3_d2.py --config.num_components=1
-  python -m experiments.ndigit --config=configs/hib_n3_d2.py --config.num_components=2
+  python -m experiments.mnist --config=configs/hib_n3_d2.py --config.num_components=0
+  python -m experiments.mnist --config=configs/hib_n3_d2.py --config.num_components=1
+  python -m experiments.mnist --config=configs/hib_n3_d2.py --config.num_components=2
 Seeds: add --config.seed=1 (2, ...); each run writes its own workdir (--workdir=...).
 
 Budget: 1500 steps of 128 images (16 classes x 8) and 512 pairs: 28 x 84 images cost about
@@ -18,11 +18,11 @@ Measured (seeds 0 / 1 / 2, mean ± std; python -m experiments.summarize --hib <w
   (self-mismatch correlations: experiments/README.md). 6-8 min per run on one busy core.
 """
 
-from sphereembed.training.hib import default_hib_config
+from sphereembed.methods import default_config
 
 
 def get_config():
-  config = default_hib_config()
+  config = default_config("hib")
   config.num_digits = 3
   config.embedding_dim = 2
   config.num_components = 1

@@ -1,7 +1,7 @@
-"""Online LAM (Laplacian metric learner) on Fashion-MNIST, MNIST as OOD (issue 8).
+"""Online LAM (Laplacian metric learner) on Fashion-MNIST, MNIST as OOD.
 
 Command (from the repository root):
-  python -m experiments.retrieval --config=configs/lam_fmnist.py
+  python -m experiments.mnist --config=configs/lam_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
 Each step samples the last layer (387 weights: 3 x 128 and the bias) from the current dense
@@ -23,12 +23,11 @@ training pairs never moved. Probes at 2000 steps: "separate" (the paper's "fix")
 The paper's Fashion-MNIST row (online LAM): mAP@1 0.81, OOD AUROC 0.98, AUSC 0.89, ECE 0.02.
 """
 
-from sphereembed.training.retrieval import default_retrieval_config
+from sphereembed.methods import default_config
 
 
 def get_config():
-  config = default_retrieval_config()
-  config.method = "laplace_online"
+  config = default_config("laplace_online")
   config.structure = "full"
   config.tune_prior = False
   return config

@@ -1,7 +1,7 @@
 """Post-hoc LAM on Fashion-MNIST: a Laplace posterior over the deterministic network's last layer.
 
 Command (from the repository root):
-  python -m experiments.retrieval --config=configs/lam_posthoc_fmnist.py
+  python -m experiments.mnist --config=configs/lam_posthoc_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
 Budget: configs/deterministic_fmnist.py's training (3000 steps), then one epoch of the same
@@ -16,12 +16,11 @@ Measured (seeds 0 / 1 / 2, mean ± std): mAP@1 0.868 ± 0.005; OOD AUROC 0.942 �
 The paper's Fashion-MNIST row (post-hoc LAM): OOD AUROC 0.96, AUSC 0.86.
 """
 
-from sphereembed.training.retrieval import default_retrieval_config
+from sphereembed.methods import default_config
 
 
 def get_config():
-  config = default_retrieval_config()
-  config.method = "laplace_posthoc"
+  config = default_config("laplace_posthoc")
   config.structure = "full"
   config.tune_prior = True
   return config

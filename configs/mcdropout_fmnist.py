@@ -1,7 +1,7 @@
 """MC dropout on Fashion-MNIST (a baseline of LAM, issue 8).
 
 Command (from the repository root):
-  python -m experiments.retrieval --config=configs/mcdropout_fmnist.py
+  python -m experiments.mnist --config=configs/mcdropout_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
 The SmallCNN with dropout before the projection, trained with it; 100 dropout masks at test time.
@@ -12,11 +12,10 @@ Measured (seeds 0 / 1 / 2, mean ± std): mAP@1 0.865 ± 0.003; OOD AUROC 0.857 �
 ECE 0.038 ± 0.002.
 """
 
-from sphereembed.training.retrieval import default_retrieval_config
+from sphereembed.methods import default_config
 
 
 def get_config():
-  config = default_retrieval_config()
-  config.method = "mc_dropout"
+  config = default_config("mc_dropout")
   config.dropout_rate = 0.2
   return config

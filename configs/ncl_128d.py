@@ -12,7 +12,7 @@ config.polyphase_gradient; the same values up to rounding): 99.29 +- 0.03% (99.2
 Without batch norm and shifts (the CNN before session 15): 98.75 +- 0.12% (98.78, 98.85, 98.62).
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

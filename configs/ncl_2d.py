@@ -12,7 +12,7 @@ Before batch norm (the same budget, the plain CNN): 98.36 +- 0.24% (98.47, 98.53
 10 epochs 98.33 +- 0.18%.
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

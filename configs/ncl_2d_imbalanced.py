@@ -11,7 +11,7 @@ Command (from the repository root):
 Expected result: see the README's imbalance table (test_balanced_accuracy of both commands).
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ resumed from its checkpoint): 99.06% nearest-centroid test accuracy, between ncl
 ncl_128d (99.32%). Its workdir gets the two-view sphere figure embeddings.png.
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

@@ -11,7 +11,7 @@ AUROC vs Fashion-MNIST 0.989 +- 0.004 (centroid cosine 0.889); ACC@80% by sigma 
 Gaussian posterior after isotonic regression 0.003.
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

@@ -17,7 +17,7 @@ Reverse pair (--config.dataset=fashion_mnist --config.ood_dataset=mnist): accura
 kappa OOD AUROC 0.762 +- 0.025, isotonic ECE 0.010.
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

@@ -13,7 +13,7 @@ cosine 0.863; ACC@80% by kappa 99.69%; ECE of the vMF posterior 0.016 raw, 0.040
 scaling, 0.004 after isotonic regression (max softmax: 0.033 raw, 0.003 isotonic).
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

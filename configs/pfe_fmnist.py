@@ -1,7 +1,7 @@
 """PFE on Fashion-MNIST: a sigma head on the frozen deterministic network (a baseline of LAM).
 
 Command (from the repository root):
-  python -m experiments.retrieval --config=configs/pfe_fmnist.py
+  python -m experiments.mnist --config=configs/pfe_fmnist.py
 Seeds: add --config.seed=1 (2, ...) and a --workdir per seed.
 
 Budget: configs/deterministic_fmnist.py's training (3000 steps), then 2000 steps of the
@@ -11,11 +11,10 @@ Measured (seeds 0 / 1 / 2, mean ± std): mAP@1 0.869 ± 0.005; OOD AUROC 0.587 �
 0.559 ± 0.032; AUSC 0.969 ± 0.001; ECE 0.009 ± 0.002 (the best calibrated).
 """
 
-from sphereembed.training.retrieval import default_retrieval_config
+from sphereembed.methods import default_config
 
 
 def get_config():
-  config = default_retrieval_config()
-  config.method = "pfe"
+  config = default_config("pfe")
   config.pfe_steps = 2000
   return config

@@ -8,7 +8,7 @@ nearest-centroid test accuracy 98.23 +- 0.09% over seeds 0-2 (98.24, 98.13, 98.3
 its classifier 98.24 +- 0.11%; ncl_2d 98.73 +- 0.03% on the same budget.
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

@@ -11,7 +11,7 @@ nearest-centroid test accuracy 98.56 +- 0.12% over seeds 0-2 (98.51, 98.47, 98.7
 --config.seed=S); ncl_2d 98.73 +- 0.03% on the same budget.
 """
 
-from sphereembed.training.config import default_config
+from sphereembed.methods import default_config
 
 
 def get_config():

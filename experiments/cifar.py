@@ -6,7 +6,7 @@ Usage, from the repository root:
   python -m experiments.cifar --config=configs/cifar100_ncl_2d.py \
       --config.data_dir=/data/cifar --config.seed=1 --workdir=runs/cifar100_2d_seed1
 
-The same loop as ``experiments.mnist`` (:func:`sphereembed.training.loop.train_and_evaluate`),
+The same loop as ``experiments.mnist`` (:func:`sphereembed.train_and_evaluate`),
 with the configs' ResNet, crop-and-flip augmentation, SGD and data
 parallelism over every local device (``--config.num_devices``). The data is
 found as :func:`sphereembed.data.cifar.load_cifar` explains: the canonical
@@ -22,6 +22,9 @@ On many hosts, run the command on each with ``--distributed`` (or
 ``--coordinator_address=host0:1234 --num_processes=N --process_id=i``) and a
 shared ``--workdir``: the mesh spans every host's devices and each host feeds
 its own slice of every batch (see ``experiments.mnist`` and README.md).
+
+The same command as ``experiments.mnist`` (one runner serves every config), kept
+under this name so that the commands above keep working.
 """
 
 from __future__ import annotations
@@ -29,22 +32,8 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
-# Importing experiments.mnist defines the --config, --workdir and multi-host flags, shared by
-# both commands.
 from experiments import mnist
-from sphereembed.training.loop import train_and_evaluate
-
-FLAGS = mnist.FLAGS
-
-
-def main(argv):
-  workdir = mnist.start_run(argv, "configs/<name>.py (see configs/cifar*.py)", multi_host=True)
-  metrics = train_and_evaluate(FLAGS.config, workdir)
-  at_80 = metrics.get("test_accuracy_at_80", float("nan"))
-  print(f"nearest-centroid test accuracy: {100 * metrics['test_accuracy']:.2f}%, "
-        f"ACC@80%: {100 * at_80:.2f}% (workdir {workdir})")
-
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(mnist.main)

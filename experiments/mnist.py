@@ -1,4 +1,4 @@
-r"""Trains an embedding network on MNIST-like data and evaluates it by nearest centroid.
+r"""Trains and evaluates any config: the one command behind every experiment.
 
 Usage, from the repository root:
 
@@ -6,6 +6,12 @@ Usage, from the repository root:
   python -m experiments.mnist --config=configs/ncl_2d.py \
       --config.embedding_dim=3 --config.dataset=fashion_mnist --workdir=runs/fashion_3d
   python -m experiments.mnist --config=configs/ncl_2d.py --cpu_devices=2  # 2 cores, 2 devices
+  python -m experiments.mnist --config=configs/hib_n2_d2.py   # any method: see configs/
+
+``config.method`` picks the method (:mod:`sphereembed.methods`); every method
+gets the same engine: the device mesh, ``--cpu_devices``, many hosts, resume,
+checkpoints and metric writers. ``experiments.cifar``, ``experiments.ndigit``
+and ``experiments.retrieval`` are the same command under their older names.
 
 Without ``--workdir`` each run gets a fresh folder ``runs/<config>/<time>``;
 passing the workdir of an interrupted run resumes it from its last checkpoint.
@@ -34,7 +40,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from sphereembed.training.loop import train_and_evaluate
+from sphereembed.runner import train_and_evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -92,19 +98,6 @@ def initialize_distributed() -> None:
                          "shares (checkpoints are written by all of them).")
 
 
-def refuse_distributed(command: str) -> None:
-  """For the commands whose loop runs in one process: the multi-host flags are an error there.
-
-  Raises:
-    app.UsageError: when any of the multi-host flags is given.
-  """
-  given = [f"--{name}" for name in ("distributed", "coordinator_address", "num_processes",
-                                    "process_id") if FLAGS[name].present]
-  if given:
-    raise app.UsageError(f"{command} trains in one process; {', '.join(given)} only apply to "
-                         "experiments.mnist and experiments.cifar.")
-
-
 class _QuietLibraries:
   """Drops the INFO chatter of orbax's checkpoint threads from the absl log."""
 
@@ -112,48 +105,58 @@ class _QuietLibraries:
     return record.levelno > logging.converter.STANDARD_INFO or "orbax" not in record.pathname
 
 
-def start_run(argv, usage: str, *, multi_host: bool) -> str:
-  """The prologue every command of experiments/ shares; returns the workdir.
+def start_run(argv, usage: str = "configs/<name>.py (see configs/)") -> str:
+  """The prologue of the command; returns the workdir.
 
   Quiets orbax's log chatter, rejects stray arguments and a missing config,
-  joins a multi-host run (``multi_host=True``) or refuses its flags (the HIB
-  and retrieval loops run in one process), and picks the workdir.
+  splits the CPU into ``--cpu_devices`` devices, joins a multi-host run and
+  picks the workdir.
 
   Args:
     argv: absl's positional arguments (the program name only, when valid).
     usage: what ``--config`` should name, for the error message.
-    multi_host: whether this command's loop can span several processes.
 
   Raises:
-    app.UsageError: on stray arguments, no config, or multi-host flags given
-      to a one-process command.
+    app.UsageError: on stray arguments or no config.
   """
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.config is None:
     raise app.UsageError(f"Pass --config={usage}.")
-  command = os.path.splitext(os.path.basename(argv[0]))[0]
   if FLAGS.cpu_devices != 1:
-    if not multi_host:
-      raise app.UsageError(f"experiments.{command} trains without a device mesh; --cpu_devices "
-                           "only applies to experiments.mnist and experiments.cifar.")
     # Must precede JAX's backend start (the first device query or computation).
     jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
-  if multi_host:
-    initialize_distributed()
-  else:
-    refuse_distributed(f"experiments.{command}")
+  initialize_distributed()
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   logging.info("Workdir: %s", os.path.abspath(workdir))
   return workdir
 
 
+def summary(metrics: dict) -> str:
+  """The one-line result a run prints, by its method."""
+  method = metrics["method"]
+  if method == "centroid":
+    line = f"nearest-centroid test accuracy: {100 * metrics['test_accuracy']:.2f}%"
+    if "test_accuracy_at_80" in metrics:
+      line += f", ACC@80%: {100 * metrics['test_accuracy_at_80']:.2f}%"
+    return line
+  if method == "hib":
+    return (f"HIB {metrics['model']} ({metrics['headline_set']} classes): verification AP clean "
+            f"{metrics['verification_ap_clean']:.4f} / corrupted "
+            f"{metrics['verification_ap_corrupted']:.4f}; kNN accuracy clean "
+            f"{metrics['knn_accuracy_clean']:.4f} / corrupted "
+            f"{metrics['knn_accuracy_corrupted']:.4f}")
+  return (f"{method}: mAP@1 {metrics['map_at_1']:.4f}, mAP@5 {metrics['map_at_5']:.4f}, "
+          f"mAP@10 {metrics['map_at_10']:.4f}; OOD AUROC {metrics['ood_auroc']:.4f}, AUPRC "
+          f"{metrics['ood_auprc']:.4f}; AUSC {metrics['ausc']:.4f}; ECE {metrics['ece']:.4f}")
+
+
 def main(argv):
-  workdir = start_run(argv, "configs/<name>.py (see configs/)", multi_host=True)
+  workdir = start_run(argv)
   metrics = train_and_evaluate(FLAGS.config, workdir)
-  print(f"nearest-centroid test accuracy: {100 * metrics['test_accuracy']:.2f}% "
-        f"(workdir {workdir})")
+  print(f"{summary(metrics)} (workdir {workdir})")
+
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])

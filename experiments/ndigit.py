@@ -1,4 +1,4 @@
-r"""Trains a Hedged Instance Embedding model on N-digit MNIST and evaluates it (issue 7).
+r"""Trains a Hedged Instance Embedding model on N-digit MNIST and evaluates it.
 
 Usage, from the repository root:
 
@@ -13,7 +13,10 @@ resumes it from its last checkpoint. MNIST is found as
 ``sphereembed.data.load_dataset`` explains (``--config.data_dir``,
 ``$SPHEREEMBED_DATA_DIR``, ``../shared/data``, TFDS); the N-digit sets are
 generated from it on the fly (or cached under ``--config.cache_dir``). The
-protocol of the evaluation is in :mod:`sphereembed.training.hib`.
+protocol of the evaluation is in :mod:`sphereembed.evaluation.protocols.verification`.
+
+The same command as ``experiments.mnist`` (one runner serves every config), kept
+under this name so that the commands above keep working.
 """
 
 from __future__ import annotations
@@ -21,23 +24,8 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
-# Importing experiments.mnist defines the --config and --workdir flags, shared by every command.
 from experiments import mnist
-from sphereembed.training.hib import train_and_evaluate
-
-FLAGS = mnist.FLAGS
-
-
-def main(argv):
-  workdir = mnist.start_run(argv, "configs/hib_<name>.py (see configs/)", multi_host=False)
-  metrics = train_and_evaluate(FLAGS.config, workdir)
-  print(f"HIB {metrics['model']} ({metrics['headline_set']} classes): verification AP clean "
-        f"{metrics['verification_ap_clean']:.4f} / corrupted "
-        f"{metrics['verification_ap_corrupted']:.4f}; kNN accuracy clean "
-        f"{metrics['knn_accuracy_clean']:.4f} / corrupted {metrics['knn_accuracy_corrupted']:.4f} "
-        f"(workdir {workdir})")
-
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(mnist.main)

@@ -1,0 +1,753 @@
+"""The centroid family: an embedding network with EMA class centroids, evaluated by nearest centroid.
+
+``config.method = "centroid"``. One train step minimises the loss of
+``config.loss`` (:data:`LOSSES`: NCL, the triplet losses, contrastive,
+NT-Xent, the siamese cosine loss, softmax), optionally plus a confidence
+negative log-likelihood (a vMF ``kappa`` or Gaussian ``sigma`` head, around
+the current centroids) and a classifier cross-entropy, and moves the class
+centroids by an EMA of the batch's class means: explicit state in the train
+state's extras (``state.extras["centroids"]``), so every loss is evaluated by
+nearest centroid.
+
+Data -> sampler -> augmentation (random shift; CIFAR's crop and flip, drawn
+from ``(seed, step)``) -> the engine's phase ``"train"``
+(:func:`sphereembed.training.engine.run_phase`: mesh, prefetch, checkpoints,
+writers) -> the nearest-centroid evaluation (accuracy, balanced accuracy,
+per class, against training class means) -> the confidence protocol
+(:mod:`sphereembed.evaluation.protocols.confidence`) when the run has a
+validation split, an OOD set, a confidence head, or CIFAR data -> figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sphereembed import centroids as centroids_lib
+from sphereembed import data as data_lib
+from sphereembed import geometry, losses
+from sphereembed import plotting
+from sphereembed.data import augment
+from sphereembed.data import cifar
+from sphereembed.data import pairs as pairs_lib
+from sphereembed.evaluation.protocols import confidence as confidence_protocol
+from sphereembed.methods.base import Method, default_config, register
+from sphereembed.training import builders
+from sphereembed.training import engine
+from sphereembed.training import metric_writers
+from sphereembed.training import sharding
+from sphereembed.training.state import TrainState, init_train_state
+
+__all__ = [
+    "CONFIDENCE_LOSSES",
+    "LOSSES",
+    "LossSpec",
+    "cifar_config",
+    "create_train_state",
+    "embed_dataset",
+    "evaluate",
+    "loss_spec",
+    "nearest_centroid",
+    "prepare_data",
+    "train_batches",
+    "train_step",
+]
+
+LOSSES: tuple[str, ...] = (
+    "ncl", "triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all", "contrastive",
+    "ntxent", "siamese_cosine", "softmax")
+
+CONFIDENCE_LOSSES: tuple[str, ...] = ("", "vmf", "gaussian")
+
+_METRIC_LOSSES: dict[str, Callable] = {
+    "triplet_batch_hard": losses.triplet_batch_hard,
+    "triplet_semi_hard": losses.triplet_semi_hard,
+    "triplet_batch_all": losses.triplet_batch_all,
+    "contrastive": losses.contrastive,
+}
+
+
+# ----------------------------------------------------------------------------
+# Config.
+
+
+def _fields() -> ml_collections.ConfigDict:
+  """The centroid family's fields (the engine's defaults are this family's)."""
+  config = ml_collections.ConfigDict()
+
+  # Data: "mnist", "fashion_mnist", "mnist10k" (local IDX folders) or TFDS;
+  # "cifar10", "cifar100" (the canonical python-pickle folders or archives,
+  # sphereembed.data.cifar.load_cifar, or TFDS).
+  config.dataset = "mnist"
+  config.tfds_data_dir = ""
+  config.download = False  # let TFDS download (machines with internet only)
+  config.max_train_examples = 0  # 0 = all; else a fixed random subset (smoke runs)
+  config.max_test_examples = 0  # 0 = all; else the first N test (and OOD test) images
+  # Held out from the training images (not trained on): temperature scaling.
+  config.validation_examples = 0
+  # Out-of-distribution test set for the confidence evaluation ("" = none).
+  config.ood_dataset = ""
+  # Imbalance: keep this fraction of the listed classes' training samples.
+  config.imbalanced_classes = ()
+  config.imbalanced_fraction = 1.0
+  config.class_weighting = False  # inverse-frequency sample weights in the loss
+  config.random_shift = 0  # augmentation: random translation by up to this many pixels
+  # Augmentation "crop_flip": CIFAR's random 32x32 crop of the image padded by
+  # 4 pixels plus a random horizontal flip (sphereembed.data.cifar.augment_batch).
+  config.augment = "none"
+
+  # Batches: "shuffled" (batch_size) or "balanced" (P classes x K samples).
+  config.sampler = "balanced"
+  config.batch_size = 128
+  config.classes_per_batch = 10
+  config.samples_per_class = 13
+  config.balance = "natural"  # "uniform" oversamples rare classes
+
+  # Model: "small_cnn" (features, kernel_size, downsample, hidden, dropout_rate)
+  # or a CIFAR ResNet, "resnet18" / "resnet34" (width; batch norm), each with
+  # the unit-norm embedding head.
+  config.model = "small_cnn"
+  config.width = 1.0  # ResNets: channel multiplier of 64/128/256/512
+  config.dtype = "float32"  # ResNets: "bfloat16" computes the backbone in bfloat16
+  config.embedding_dim = 2
+  config.features = (32, 64)
+  config.kernel_size = 5
+  config.downsample = "stride"  # or "pool" (stride-1 conv + 2x2 max pool)
+  config.hidden = 128
+  config.dropout_rate = 0.0
+  config.batch_norm = False  # small_cnn: batch norm after each conv and the dense layer
+  # small_cnn: the strided convs' input gradient in polyphase form on CPU (sphereembed.models.conv;
+  # same values, faster). Reverse mode only, which is all training needs.
+  config.polyphase_gradient = True
+  config.classifier_head = False
+
+  # Loss: one of LOSSES (all evaluated by nearest centroid).
+  config.loss = "ncl"
+  config.metric = "euclidean"  # chord distance; great_circle did as well
+  config.margin = 0.2  # triplet and contrastive losses
+  config.temperature = 0.1  # ntxent
+  config.siamese_scale = 10.0  # siamese_cosine: logit = scale * cos + bias, on all pairs
+  config.siamese_bias = -5.0
+  config.negative_weight = 0.7
+  config.negative_gate = 0.0
+  config.classifier_weight = 0.0
+  # Per-sample confidence: "" (none), "vmf" (a kappa head trained by the vMF
+  # NLL around the class centroid), "gaussian" (an isotropic sigma head,
+  # Gaussian NLL) or "gaussian_diagonal" (one sigma per axis).
+  config.confidence = ""
+  config.confidence_weight = 1.0
+  config.confidence_embedding_gradient = True  # False: the NLL does not move the embedding
+  config.confidence_feature_gradient = True  # False: the NLL trains the confidence head only
+  config.kappa_max = 1000.0
+  # Centroid EMA: alpha = alpha_base * alpha_decay ** (step / alpha_every).
+  config.alpha_base = 0.25
+  config.alpha_decay = 0.65
+  config.alpha_every = 1000.0
+  config.centroid_warmup_steps = 0
+
+  config.num_epochs = 10
+  config.eval_every_steps = 0  # 0 = once per epoch
+  return config
+
+
+_CHOICES = {
+    "sampler": ("shuffled", "balanced"),
+    "balance": ("natural", "uniform"),
+    "downsample": ("stride", "pool"),
+    "loss": LOSSES,
+    "metric": ("euclidean", "squared_euclidean", "cosine", "great_circle"),
+    "confidence": ("", "vmf", "gaussian", "gaussian_diagonal"),
+    "ood_dataset": ("", "mnist", "fashion_mnist", "mnist10k", "cifar10", "cifar100"),
+    "model": ("small_cnn", "resnet18", "resnet34"),
+    "dtype": ("float32", "bfloat16"),
+    "augment": ("none", "crop_flip"),
+}
+_POSITIVE = ("kernel_size", "batch_size", "classes_per_batch", "samples_per_class",
+             "embedding_dim", "hidden", "num_epochs", "alpha_every", "kappa_max", "width",
+             "temperature")
+_NON_NEGATIVE = ("max_train_examples", "max_test_examples", "validation_examples", "margin",
+                 "negative_weight", "negative_gate", "classifier_weight", "confidence_weight",
+                 "centroid_warmup_steps", "random_shift", "eval_every_steps", "dropout_rate")
+
+
+def _validate(merged) -> None:
+  if not 0 < merged.imbalanced_fraction <= 1:
+    raise ValueError(f"config.imbalanced_fraction must lie in (0, 1], got "
+                     f"{merged.imbalanced_fraction}.")
+  if merged.model == "small_cnn" and merged.dtype != "float32":
+    raise ValueError(f"config.dtype = {merged.dtype!r} needs a ResNet (config.model = "
+                     "'resnet18' or 'resnet34'); the small CNN computes in float32.")
+  if merged.model != "small_cnn" and merged.batch_norm:
+    raise ValueError("config.batch_norm switches batch norm on in the small CNN; the ResNets "
+                     "always have it (leave config.batch_norm = False).")
+  if merged.model != "small_cnn" and round(64 * merged.width) < 1:
+    raise ValueError(f"config.width = {merged.width} leaves no channel (64 * width must round "
+                     "to >= 1).")
+  if merged.augment == "crop_flip" and merged.random_shift:
+    raise ValueError("config.augment = 'crop_flip' already translates the images (by up to 4 "
+                     "pixels); set config.random_shift = 0.")
+  if merged.loss == "softmax" and not merged.classifier_head:
+    merged.classifier_head = True  # the softmax baseline is its classifier head
+  if merged.classifier_weight > 0 and not merged.classifier_head:
+    raise ValueError("config.classifier_weight > 0 needs config.classifier_head = True.")
+
+
+def cifar_config(dataset: str, embedding_dim: int, loss: str = "ncl") -> ml_collections.ConfigDict:
+  """The GPU recipe of the ``configs/cifar*.py`` experiments.
+
+  A CIFAR ResNet-18 (batch norm, float32 compute; ``dtype="bfloat16"`` is
+  an option), random crop and flip, batch 512, SGD with Nesterov momentum
+  0.9, learning rate 0.2 (flax's ImageNet rule 0.1 x batch / 256), 5 warm-up
+  epochs then cosine decay, L2 weight decay 5e-4 on the kernels (the usual
+  CIFAR value), 200 epochs. The centroid EMA decays over the run about as
+  much as in the MNIST configs (``alpha_every`` 4000 of 19,400 steps).
+  NCL draws shuffled batches; the triplet losses draw P x K batches (10
+  classes x 48 images) so that every anchor has positives.
+
+  Args:
+    dataset: ``"cifar10"`` or ``"cifar100"``.
+    embedding_dim: the embedding size ``D``.
+    loss: one of :data:`LOSSES`.
+
+  Returns:
+    An unlocked ``ConfigDict`` (callers may change fields).
+
+  Raises:
+    ValueError: an unknown ``dataset``, a ``D`` below 2 or an unknown loss.
+  """
+  if dataset not in ("cifar10", "cifar100"):
+    raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}.")
+  if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 2:
+    raise ValueError(f"embedding_dim must be an integer >= 2, got {embedding_dim!r}.")
+  if loss not in LOSSES:
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
+  config = default_config("centroid")
+  config.dataset = dataset
+  config.model = "resnet18"
+  config.width = 1.0
+  config.dtype = "float32"
+  config.augment = "crop_flip"
+  config.embedding_dim = embedding_dim
+  config.loss = loss
+  if loss.startswith("triplet") or loss == "contrastive":
+    config.sampler = "balanced"
+    config.classes_per_batch = 10
+    config.samples_per_class = 48
+  else:
+    config.sampler = "shuffled"
+    config.batch_size = 512
+  config.optimizer = "sgd"
+  config.learning_rate = 0.2
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 5e-4
+  config.num_epochs = 200
+  config.warmup_steps = 485  # 5 epochs of 50,000 // 512 steps
+  config.alpha_every = 4000.0
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2000
+  config.eval_batch_size = 1000
+  return config
+
+
+# ----------------------------------------------------------------------------
+# The train step.
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """What the train step minimises, and how the centroids move.
+
+  Attributes:
+    name: one of :data:`LOSSES`.
+    metric: the distance of the metric losses and of NCL.
+    margin: the margin of the triplet and contrastive losses.
+    temperature: NT-Xent's temperature.
+    siamese_scale, siamese_bias: the siamese cosine loss's logit
+      ``scale * cos + bias`` (:func:`sphereembed.losses.siamese_cosine_bce`,
+      on every pair of the batch).
+    alpha_base, alpha_decay, alpha_every: the EMA schedule of the centroids
+      (:func:`sphereembed.centroids.ema_alpha`).
+    centroid_warmup_steps: the centroids stay at their random initial
+      positions (alpha = 0) for this many steps. A fresh network maps every
+      image to nearly the same point; moving the centroids to those class
+      means at once would collapse them together.
+    negative_weight: the weight of NCL's negative term (hardest plus mean
+      other centroid). Each distance has a gradient of norm 1, so with a
+      weight above 1/2 the push from the other centroids can exceed the pull
+      of a sample's own centroid.
+    negative_gate: NCL's negative term is switched off once alpha falls
+      below this (0: never).
+    classifier_weight: weight of an extra softmax cross-entropy on the
+      model's ``"logits"`` (the softmax loss uses it alone).
+    confidence: ``""`` (none), ``"vmf"`` (:func:`sphereembed.losses.vmf_nll`
+      on the model's ``"kappa"``) or ``"gaussian"``
+      (:func:`sphereembed.losses.gaussian_nll` on its ``"log_sigma"``), both
+      around the current class centroids.
+    confidence_weight: the weight of that negative log-likelihood.
+    confidence_embedding_gradient: whether the likelihood also shapes the
+      embedding (``False``: it trains the confidence head only).
+  """
+
+  name: str = "ncl"
+  metric: geometry.Metric = "great_circle"
+  margin: float = 0.2
+  temperature: float = 0.1
+  siamese_scale: float = 10.0
+  siamese_bias: float = -5.0
+  alpha_base: float = 0.25
+  alpha_decay: float = 0.65
+  alpha_every: float = 1000
+  centroid_warmup_steps: int = 0
+  negative_weight: float = 1.0
+  negative_gate: float = 0.0
+  classifier_weight: float = 0.0
+  confidence: str = ""
+  confidence_weight: float = 1.0
+  confidence_embedding_gradient: bool = True
+
+  def __post_init__(self):
+    if self.name not in LOSSES:
+      raise ValueError(f"Unknown loss {self.name!r}; expected one of {LOSSES}.")
+    if self.metric not in geometry.METRICS:
+      raise ValueError(f"Unknown metric {self.metric!r}; expected one of {geometry.METRICS}.")
+    if self.confidence not in CONFIDENCE_LOSSES:
+      raise ValueError(f"Unknown confidence {self.confidence!r}; expected one of "
+                       f"{CONFIDENCE_LOSSES}.")
+    if min(self.margin, self.classifier_weight, self.negative_gate, self.confidence_weight) < 0:
+      raise ValueError(
+          "margin, classifier_weight, negative_gate and confidence_weight must be >= 0.")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+    if not (0 <= self.alpha_base <= 1 and 0 < self.alpha_decay <= 1 and self.alpha_every > 0):
+      raise ValueError(
+          "the EMA schedule needs 0 <= alpha_base <= 1, 0 < alpha_decay <= 1, alpha_every > 0; "
+          f"got {self.alpha_base}, {self.alpha_decay}, {self.alpha_every}.")
+
+  @property
+  def needs_logits(self) -> bool:
+    return self.name == "softmax" or self.classifier_weight > 0
+
+
+def _loss_terms(spec: LossSpec, outputs, labels, centroids, alpha, weights):
+  embeddings = outputs["embedding"]
+  terms = {}
+  if spec.name == "ncl":
+    gate = spec.negative_weight * centroids_lib.negative_weight(alpha, spec.negative_gate)
+    terms["ncl"] = losses.ncl(embeddings, labels, centroids.astype(embeddings.dtype),
+                              metric=spec.metric, negative_weight=gate.astype(embeddings.dtype),
+                              weights=weights)
+  elif spec.name in _METRIC_LOSSES:
+    terms[spec.name] = _METRIC_LOSSES[spec.name](
+        embeddings, labels, margin=spec.margin, metric=spec.metric, weights=weights)
+  elif spec.name == "ntxent":
+    terms["ntxent"] = losses.ntxent(embeddings, labels, temperature=spec.temperature,
+                                    weights=weights)
+  elif spec.name == "siamese_cosine":
+    pairs = pairs_lib.all_pairs(labels)
+    pair_weights = None if weights is None else weights[pairs.first] * weights[pairs.second]
+    terms["siamese_cosine"] = losses.siamese_cosine_bce(
+        embeddings[pairs.first], embeddings[pairs.second], pairs.is_same,
+        scale=spec.siamese_scale, bias=spec.siamese_bias, weights=pair_weights)
+  if spec.confidence:
+    own_centroids = centroids.astype(embeddings.dtype)
+    if spec.confidence == "vmf":
+      nll = losses.vmf_nll(embeddings, outputs["kappa"], labels, own_centroids,
+                           embedding_gradient=spec.confidence_embedding_gradient, weights=weights)
+    else:
+      nll = losses.gaussian_nll(embeddings, outputs["log_sigma"], labels, own_centroids,
+                                embedding_gradient=spec.confidence_embedding_gradient,
+                                weights=weights)
+    terms[f"{spec.confidence}_nll"] = spec.confidence_weight * nll
+  if spec.needs_logits:
+    factor = 1.0 if spec.name == "softmax" else spec.classifier_weight
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels)
+    if weights is None:
+      mean = jnp.mean(cross_entropy)
+    else:
+      mean = jnp.sum(weights * cross_entropy) / jnp.maximum(jnp.sum(weights), 1e-12)
+    terms["cross_entropy"] = factor * mean
+  return terms
+
+
+@functools.partial(jax.jit, static_argnames="spec", donate_argnums=0)
+def train_step(state: TrainState, batch: dict[str, jax.Array], spec: LossSpec = LossSpec()):
+  """One step: loss with the current centroids, parameter update, centroid update.
+
+  Args:
+    state: the :class:`TrainState`; donated (its buffers are reused).
+    batch: ``{"image": (B, H, W, C), "label": (B,) int}`` and optionally
+      ``"weight"``: ``(B,)`` per-sample loss weights (class weighting).
+    spec: the static :class:`LossSpec`.
+
+  Returns:
+    ``(new_state, metrics)``, metrics a dict of scalars: ``loss``, its terms,
+    ``alpha``, ``grad_norm`` and ``embedding_norm`` (a check that the
+    embeddings stay on the sphere).
+  """
+  rng, dropout_key = jax.random.split(state.rng)
+  labels = batch["label"]
+  alpha = jnp.where(
+      state.step < spec.centroid_warmup_steps, 0.0,
+      centroids_lib.ema_alpha(state.step, spec.alpha_base, spec.alpha_decay, spec.alpha_every))
+
+  def loss_fn(params):
+    variables = state.variables(params)
+    if state.batch_stats:
+      # Batch norm: batch statistics in training mode, running averages updated.
+      outputs, updates = state.apply_fn(variables, batch["image"], train=True,
+                                        rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+      batch_stats = updates["batch_stats"]
+    else:
+      outputs = state.apply_fn(variables, batch["image"], train=True, rngs={"dropout": dropout_key})
+      batch_stats = state.batch_stats
+    terms = _loss_terms(spec, outputs, labels, state.extras["centroids"], alpha,
+                        batch.get("weight"))
+    return sum(terms.values()), (terms, outputs, batch_stats)
+
+  (loss, (terms, outputs, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
+  embeddings = outputs["embedding"]
+  # Every loss keeps centroids, so that all are evaluated by nearest centroid.
+  centroids = state.extras["centroids"]
+  new_centroids = centroids_lib.update_centroids(
+      centroids, jax.lax.stop_gradient(embeddings).astype(centroids.dtype), labels, alpha)
+  new_state = new_state.with_extras(centroids=new_centroids).replace(rng=rng)
+  metrics = {"loss": loss, "alpha": alpha, "grad_norm": optax.tree.norm(grads),
+             "embedding_norm": jnp.mean(jnp.linalg.norm(embeddings, axis=-1))}
+  metrics.update({f"loss_{name}": value for name, value in terms.items()})
+  if "kappa" in outputs:
+    metrics["kappa_mean"] = jnp.mean(outputs["kappa"])
+  if "log_sigma" in outputs:
+    metrics["sigma_mean"] = jnp.mean(jnp.exp(outputs["log_sigma"]))
+  return new_state, metrics
+
+
+def loss_spec(config) -> LossSpec:
+  """The :class:`LossSpec` of a validated centroid config."""
+  return LossSpec(
+      name=config.loss, metric=config.metric, margin=config.margin,
+      temperature=config.temperature, siamese_scale=config.siamese_scale,
+      siamese_bias=config.siamese_bias,
+      alpha_base=config.alpha_base, alpha_decay=config.alpha_decay,
+      alpha_every=config.alpha_every, centroid_warmup_steps=config.centroid_warmup_steps,
+      negative_weight=config.negative_weight, negative_gate=config.negative_gate,
+      classifier_weight=config.classifier_weight,
+      confidence="gaussian" if config.confidence.startswith("gaussian") else config.confidence,
+      confidence_weight=config.confidence_weight,
+      confidence_embedding_gradient=config.confidence_embedding_gradient)
+
+
+def create_train_state(model, tx: optax.GradientTransformation, key: jax.Array,
+                       sample_input: jax.Array, num_classes: int) -> TrainState:
+  """Initialises parameters, optimiser state and centroids from one PRNG key.
+
+  Args:
+    model: a Flax module returning ``{"embedding": (B, D), ...}``.
+    tx: the optax optimiser.
+    key: a raw PRNG key (``jax.random.PRNGKey``).
+    sample_input: a batch with the input's shape and dtype (values unused).
+    num_classes: the number of class centroids.
+
+  Returns:
+    A :class:`~sphereembed.training.state.TrainState` at step 0 with
+    ``extras = {"centroids": (K, D)}``.
+  """
+  params_key, centroid_key, state_key = jax.random.split(key, 3)
+  variables = model.init({"params": params_key}, sample_input, train=False)
+  unknown = set(variables) - {"params", "batch_stats"}
+  if unknown:
+    raise ValueError(f"models with mutable collections {sorted(unknown)} need a train state "
+                     "that carries them; this one carries params and batch_stats.")
+  dim = jax.eval_shape(lambda v: model.apply(v, sample_input), variables)["embedding"].shape[-1]
+  return init_train_state(
+      model.apply, variables["params"], tx, state_key,
+      batch_stats=variables.get("batch_stats", {}),
+      extras={"centroids": centroids_lib.init_centroids(centroid_key, num_classes, dim,
+                                                        jnp.float32)})
+
+
+@jax.jit
+def _embed_step(state: TrainState, images: jax.Array) -> dict[str, jax.Array]:
+  return state.apply_fn(state.variables(), images, train=False)
+
+
+def embed_dataset(state: TrainState, images, batch_size: int = 1000,
+                  mesh=None) -> dict[str, np.ndarray]:
+  """The model's outputs (``"embedding"``, maybe ``"logits"``, ``"kappa"``, ...) in eval mode.
+
+  Args:
+    state: the train state.
+    images: ``(N, H, W, C)`` images.
+    batch_size: images per forward pass (one compiled shape: the last chunk is padded).
+    mesh: split every chunk over this mesh (the state replicated over it).
+  """
+  return engine.map_batches(functools.partial(_embed_step, state), images, batch_size,
+                            mesh=mesh)
+
+
+def nearest_centroid(embeddings, centroids, metric: geometry.Metric = "great_circle"):
+  """Index of the nearest centroid of every embedding (ties: the lowest index)."""
+  distances = geometry.pairwise_distances(jnp.asarray(embeddings), jnp.asarray(centroids),
+                                          metric=metric)
+  return jnp.argmin(distances, axis=-1)
+
+
+# ----------------------------------------------------------------------------
+# Data.
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """The splits of a centroid run (``validation`` and ``ood`` may be ``None``)."""
+
+  dataset: data_lib.Dataset
+  train: data_lib.Split
+  test: data_lib.Split
+  validation: data_lib.Split | None
+  ood: data_lib.Split | None
+
+
+def _subset(split: data_lib.Split, indices: np.ndarray) -> data_lib.Split:
+  return data_lib.Split(split.images[indices], split.labels[indices])
+
+
+def _load_dataset(name: str, config) -> data_lib.Dataset:
+  """``name`` from the config's sources: CIFAR's canonical pickles, IDX folders, TFDS."""
+  if name in cifar.CIFAR_FOLDERS:
+    return cifar.load_cifar(name, config.data_dir or None,
+                            tfds_data_dir=config.tfds_data_dir or None, download=config.download)
+  return data_lib.load_dataset(name, config.data_dir or None,
+                               tfds_data_dir=config.tfds_data_dir or None,
+                               download=config.download)
+
+
+def prepare_data(config) -> Data:
+  """The config's dataset, with its held-out validation split, imbalance, caps and OOD set."""
+  dataset = _load_dataset(config.dataset, config)
+  train, test = dataset.train, dataset.test
+  validation = None
+  if config.validation_examples:
+    if config.validation_examples >= len(train):
+      raise ValueError(f"config.validation_examples = {config.validation_examples} leaves no "
+                       f"training images (the training set has {len(train)}).")
+    # A fixed permutation (not the run's seed): every seed holds out the same images.
+    order = np.random.default_rng(12345).permutation(len(train))
+    validation = _subset(train, np.sort(order[:config.validation_examples]))
+    train = _subset(train, np.sort(order[config.validation_examples:]))
+  if config.imbalanced_classes and config.imbalanced_fraction < 1:
+    keep = {int(c): config.imbalanced_fraction for c in config.imbalanced_classes}
+    train = _subset(train, data_lib.subsample_classes(train.labels, keep, seed=config.seed))
+  # A random subset of the training images (a fixed permutation of the seed), the first test images.
+  train = builders.limit_examples(train, config.max_train_examples, seed=config.seed)
+  test = builders.limit_examples(test, config.max_test_examples)
+  ood = None
+  if config.ood_dataset:
+    ood = builders.limit_examples(_load_dataset(config.ood_dataset, config).test,
+                                  config.max_test_examples)
+  return Data(dataset, train, test, validation, ood)
+
+
+class _RowDraws:
+  """A ``np.random.Generator`` for augmenting rows ``rows`` of a global batch of ``size``.
+
+  The augmentations draw one value per image (arrays whose last axis is the
+  batch). This draws them for the whole global batch and returns this
+  process's rows, so a host that gathers and transforms only its own images
+  gives each of them the augmentation a one-process run gives it.
+
+  Args:
+    rng: the generator of the global batch.
+    rows: this process's rows.
+    size: the global batch size.
+  """
+
+  def __init__(self, rng: np.random.Generator, rows: slice, size: int):
+    self._rng, self._rows, self._size = rng, rows, size
+    self._local = len(range(size)[rows])
+
+  def _draw(self, method: str, size, **kwargs) -> np.ndarray:
+    shape = tuple(int(n) for n in np.atleast_1d(size)) if size is not None else ()
+    if not shape or shape[-1] != self._local:
+      raise ValueError(f"An augmentation drew {method}(size={size}); a multi-process run "
+                       f"augments its {self._local} rows only with per-image draws (last axis).")
+    draws = getattr(self._rng, method)(size=shape[:-1] + (self._size,), **kwargs)
+    return draws[..., self._rows]
+
+  def integers(self, low, high=None, size=None, **kwargs) -> np.ndarray:
+    return self._draw("integers", size, low=low, high=high, **kwargs)
+
+  def random(self, size=None, **kwargs) -> np.ndarray:
+    return self._draw("random", size, **kwargs)
+
+
+def train_batches(config, train: data_lib.Split, sampler, weights, start_step: int,
+                  rows: slice = slice(None)):
+  """This process's ``rows`` of the batches of steps ``start_step + 1, ...``.
+
+  Augmented from ``(seed, step)``: a resumed run, or a run with another
+  number of processes, draws the same augmentation for every image.
+  """
+  for step, indices in enumerate(sampler.iterate(start_step=start_step), start=start_step + 1):
+    local = indices[rows]
+    images = train.images[local]
+    part = len(local) < len(indices)  # several processes: this one's rows only
+    if config.random_shift:
+      rng = np.random.default_rng([config.seed, step])
+      images = augment.random_translate(
+          images, config.random_shift, _RowDraws(rng, rows, len(indices)) if part else rng)
+    if config.augment == "crop_flip":
+      if part:
+        # cifar.augment_batch's generator, for this process's rows.
+        images = cifar.random_crop_flip(
+            images, _RowDraws(cifar.augment_rng(config.seed, step), rows, len(indices)))
+      else:
+        images = cifar.augment_batch(images, seed=config.seed, step=step)
+    batch = {"image": images, "label": train.labels[local]}
+    if weights is not None:
+      batch["weight"] = weights[local]
+    yield batch
+
+
+# ----------------------------------------------------------------------------
+# Evaluation.
+
+
+def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_circle",
+             batch_size: int = 1000, train: data_lib.Split | None = None,
+             mesh=None) -> dict[str, Any]:
+  """Nearest-centroid accuracy of the test set, and optionally against train class means.
+
+  Args:
+    state: the train state (its EMA centroids are the class prototypes).
+    test: the evaluation split.
+    metric: the distance used for the nearest centroid.
+    batch_size: images per forward pass.
+    train: when given, its class means (re-normalised) serve as a second set
+      of prototypes (``test_accuracy_class_means``): the usual protocol for
+      losses that have no centroids of their own.
+    mesh: when given (the state replicated over it), every chunk of images
+      is split over its devices, those of every process included; every
+      process gets the same result.
+
+  Returns:
+    ``{"test_accuracy": ..., ...}`` plus the test embeddings, predictions and
+    all model outputs under ``"embeddings"``, ``"predictions"`` and
+    ``"outputs"`` (NumPy arrays).
+  """
+  outputs = embed_dataset(state, test.images, batch_size, mesh)
+  embeddings = outputs["embedding"]
+  centroids = sharding.to_host(state.extras["centroids"])
+  predictions = np.asarray(nearest_centroid(embeddings, centroids, metric))
+  num_classes = centroids.shape[0]
+  correct = predictions == test.labels
+  per_class = [float(np.mean(correct[test.labels == k])) if np.any(test.labels == k) else None
+               for k in range(num_classes)]
+  present = [a for a in per_class if a is not None]
+  result: dict[str, Any] = {
+      "test_accuracy": float(np.mean(correct)),
+      # The mean of per-class accuracies: what an imbalanced training set hurts.
+      "test_balanced_accuracy": float(np.mean(present)),
+      "test_accuracy_per_class": per_class,
+      "embeddings": embeddings, "predictions": predictions, "outputs": outputs}
+  if "logits" in outputs:
+    result["test_accuracy_classifier"] = float(
+        np.mean(np.argmax(outputs["logits"], -1) == test.labels))
+  if train is not None:
+    train_embeddings = embed_dataset(state, train.images, batch_size, mesh)["embedding"]
+    sums = np.zeros((num_classes, embeddings.shape[1]), np.float64)
+    np.add.at(sums, train.labels, train_embeddings)
+    means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    class_mean_predictions = np.asarray(nearest_centroid(
+        embeddings, jnp.asarray(means, embeddings.dtype), metric))
+    result["test_accuracy_class_means"] = float(np.mean(class_mean_predictions == test.labels))
+  return result
+
+
+# ----------------------------------------------------------------------------
+# The method.
+
+
+def _run(run: engine.Run) -> dict[str, Any]:
+  config, mesh = run.config, run.mesh
+  data = prepare_data(config)
+  train, test = data.train, data.test
+  num_classes = data.dataset.num_classes
+  sampler = builders.make_sampler(config, train.labels)
+  batch_size, batch_source = builders.global_batch_size(config, sampler, len(train))
+  num_train_steps = config.num_epochs * sampler.num_batches
+  weights = (data_lib.class_weights(train.labels, num_classes)[train.labels]
+             if config.class_weighting else None)
+  model = builders.make_model(config, num_classes, train.images)
+  state = create_train_state(model, builders.make_optimizer(config, num_train_steps),
+                             jax.random.PRNGKey(config.seed), train.images[:1], num_classes)
+
+  def evaluate_scalars(state):
+    result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size,
+                      mesh=mesh)
+    return {"test_accuracy": result["test_accuracy"],
+            "test_balanced_accuracy": result["test_balanced_accuracy"]}
+
+  spec = loss_spec(config)
+  state = engine.run_phase(
+      run, "train", state, functools.partial(train_step, spec=spec), num_steps=num_train_steps,
+      batches=lambda start, rows: train_batches(config, train, sampler, weights, start, rows),
+      batch_size=batch_size, batch_size_source=batch_source, evaluate=evaluate_scalars,
+      evaluate_every=config.eval_every_steps or sampler.num_batches)
+
+  result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size,
+                    train=train, mesh=mesh)
+  embeddings = result.pop("embeddings")
+  result.pop("predictions")
+  test_outputs = result.pop("outputs")
+  centroids = sharding.to_host(state.extras["centroids"])
+  confidence_inputs = None
+  if (data.validation is not None or data.ood is not None or config.confidence
+      or config.dataset in cifar.CIFAR_FOLDERS):
+    embed = lambda split: (embed_dataset(state, split.images, config.eval_batch_size, mesh)
+                           if split is not None else None)
+    confidence_inputs = dict(
+        validation_outputs=embed(data.validation),
+        validation_labels=data.validation.labels if data.validation is not None else None,
+        ood_outputs=embed(data.ood))
+    result.update(confidence_protocol.evaluate_confidence(
+        test_outputs, test.labels, centroids, **confidence_inputs))
+  if "centroid/accuracy_at_80" in result:
+    # ACC@80%: accuracy on the 80% of test images closest to their nearest centroid.
+    result["test_accuracy_at_80"] = result["centroid/accuracy_at_80"]
+  images_seen = (num_train_steps - run.resumed_from["train"]) * batch_size
+  result.update(
+      num_train_steps=num_train_steps, dataset=config.dataset, data_source=data.dataset.source,
+      embedding_dim=config.embedding_dim, loss=config.loss, model=config.model,
+      # Training throughput of this run, compilation and periodic evaluations included.
+      train_images_per_second=images_seen / max(run.seconds["train"], 1e-9))
+  if config.figures and run.primary:
+    title = (f"{config.loss}, {config.embedding_dim}-D, {config.dataset}: nearest-centroid "
+             f"test accuracy {100 * result['test_accuracy']:.2f}%")
+    plotting.plot_embeddings(embeddings, test.labels, centroids, run.path("embeddings.png"),
+                             title=title)
+    if "kappa" in test_outputs and config.embedding_dim in (2, 3):
+      plotting.plot_embeddings_by_confidence(
+          embeddings, test_outputs["kappa"], labels=test.labels,
+          path=run.path("embeddings_kappa.png"), title="test embeddings coloured by kappa")
+    if confidence_inputs is not None:
+      confidence_protocol.plot_confidence_figures(run.workdir, test_outputs, test.labels,
+                                                  centroids, **confidence_inputs)
+    plotting.plot_training_curves(
+        metric_writers.read_jsonl(run.path("metrics.jsonl")), run.path("training_curves.png"),
+        keys=("train_loss", "test_accuracy", "train_alpha"))
+  return result
+
+
+register(Method(
+    name="centroid", fields=_fields, run=_run, validate=_validate, choices=_CHOICES,
+    positive=_POSITIVE, non_negative=_NON_NEGATIVE,
+    resume_safe=frozenset({"tfds_data_dir", "download", "eval_every_steps"})))

@@ -1,0 +1,262 @@
+"""The engine every method trains on: the run, the one phase loop, the one chunked map.
+
+A method (:mod:`sphereembed.methods`) trains one or more *phases* (a network,
+each member of an ensemble, a head on a frozen network). Each phase is
+:func:`run_phase`: a train state, a jitted step function and a stream of
+batches, run on the device mesh of the :class:`Run` with prefetching,
+orbax checkpoints under ``workdir/checkpoints/<phase>``, metric records
+(``<phase>_<metric>`` in ``metrics.jsonl`` and TensorBoard), progress
+reports and a guard against a NaN loss. A phase restarted with the same
+workdir resumes from its last checkpoint and ends as an uninterrupted one
+would: the batches are functions of the seed and the step, so the method's
+batch stream is asked for the batches after the restored step.
+
+Data parallelism: the state is replicated over the mesh and every batch is
+split over its ``data`` axis (:mod:`sphereembed.training.sharding`); the step
+function runs unchanged, XLA reduces over the whole batch. With several
+processes (``jax.distributed.initialize``) every process asks its batch
+stream for its own rows of the same global batches (``rows``), and every
+process takes part in the checkpoints; only process 0 writes files.
+
+:func:`map_batches` is the one chunked map over images (embedding a test
+set, a prediction with samples): fixed-size chunks, the last one padded, so
+that one compiled shape serves every chunk, split over the mesh alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from sphereembed.data import cifar
+from sphereembed.training import metric_writers
+from sphereembed.training import sharding
+from sphereembed.training.checkpoints import Checkpointer
+
+__all__ = ["Run", "check_resumable", "map_batches", "run_phase", "write_json"]
+
+StepFn = Callable[[Any, dict], tuple[Any, dict]]
+# ``batches(start_step, rows)``: this process's ``rows`` of the batches of steps start_step + 1, ...
+BatchStream = Callable[[int, slice], Iterator[dict]]
+
+
+@dataclasses.dataclass
+class Run:
+  """What every phase of one experiment shares.
+
+  Attributes:
+    config: the validated, locked config.
+    workdir: the run's folder.
+    mesh: the device mesh the phases train on.
+    writer: the metric writer (files on process 0 only).
+    primary: whether this process writes the run's files (process 0).
+    seconds: training seconds of each phase in this process's run.
+    resumed_from: the step each phase restarted from (0: a fresh start).
+    last_loss: the last logged training loss of each phase (absent when a
+      phase was already finished before this run).
+  """
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Any
+  writer: metric_writers.MetricWriter
+  primary: bool = True
+  seconds: dict = dataclasses.field(default_factory=dict)
+  resumed_from: dict = dataclasses.field(default_factory=dict)
+  last_loss: dict = dataclasses.field(default_factory=dict)
+
+  def path(self, *names: str) -> str:
+    return os.path.join(self.workdir, *names)
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes ``value`` as JSON whole, then renames: no reader ever sees half a file."""
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=1, default=list)
+  os.replace(path + ".tmp", path)
+
+
+def check_resumable(config, workdir: str, *, defaults: dict, resume_safe=frozenset(),
+                    write: bool = True) -> None:
+  """Refuses to resume a run whose training-relevant config differs; ``write``: saves the config.
+
+  Args:
+    config: the validated config of this run.
+    workdir: the run's folder; its ``config.json`` is the earlier run's.
+    defaults: the schema's defaults: a field newer than the saved run had
+      its default value there.
+    resume_safe: the fields that may change between an interrupted run and
+      its resumption (logging, evaluation-only settings, paths).
+    write: whether to write this run's ``config.json`` (process 0).
+
+  Raises:
+    ValueError: the workdir holds a run of another config.
+  """
+  path = os.path.join(workdir, "config.json")
+  current = config.to_dict()
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    as_json = lambda value: json.dumps(value, default=list)
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in resume_safe
+                     and as_json(saved.get(k, defaults.get(k))) != as_json(current.get(k)))
+    if changed:
+      raise ValueError(
+          f"{workdir} holds a run with a different config (fields {changed}); resuming it would "
+          "mix two experiments. Use another --workdir, or delete that one.")
+  if write:
+    write_json(path, current)
+
+
+def _check_batch_fits_mesh(batch_size: int, mesh, what: str) -> None:
+  if batch_size % mesh.size:
+    processes = jax.process_count()
+    raise ValueError(
+        f"{what} = {batch_size} does not split over the {mesh.size} devices of the mesh"
+        + (f" ({processes} processes)" if processes > 1 else "")
+        + f"; use a multiple of {mesh.size}"
+        + (", or fewer devices (config.num_devices)." if processes == 1 else "."))
+
+
+def run_phase(run: Run, name: str, state, step_fn: StepFn, *, num_steps: int,
+              batches: BatchStream, batch_size: int, batch_size_source: str = "the batch size",
+              on_start: Callable | None = None, evaluate: Callable | None = None,
+              evaluate_every: int = 0):
+  """Trains ``state`` to step ``num_steps`` with ``step_fn``: the one train-step loop.
+
+  Args:
+    run: the run.
+    name: the phase's name: its checkpoint folder ``checkpoints/<name>`` and
+      the prefix of its metric records (``<name>_loss``, ...).
+    state: a fresh train state (replicated over the mesh here; a checkpoint
+      of this phase, if any, is restored into it).
+    step_fn: ``(state, batch) -> (state, metrics)``, jitted; ``metrics``
+      holds at least the scalar ``"loss"``.
+    num_steps: the phase's last step.
+    batches: ``batches(start_step, rows)``: this process's ``rows`` of the
+      global batches of steps ``start_step + 1, ...`` (a function of the
+      seed and the step, so that a resumed phase sees the same batches).
+    batch_size: the global batch size (it must split over the mesh).
+    batch_size_source: the config fields that set it, for the error message.
+    on_start: ``on_start(state, first_batch) -> state``, called before step 1
+      of a fresh phase (not on resumption), e.g. an initial curvature.
+    evaluate: ``evaluate(state) -> {name: float}``, recorded every
+      ``evaluate_every`` steps (not at the last step).
+    evaluate_every: the interval of ``evaluate`` (0: never).
+
+  Returns:
+    The trained state (replicated over the mesh).
+
+  Raises:
+    ValueError: a batch that does not split over the mesh.
+    FloatingPointError: the training loss became NaN or infinite.
+    CorruptCheckpointError: the phase's checkpoint cannot be restored.
+  """
+  config, mesh, writer = run.config, run.mesh, run.writer
+  _check_batch_fits_mesh(batch_size, mesh, batch_size_source)
+  # The same seed on every process: the same initial state, replicated.
+  state = sharding.replicate(state, mesh)
+  checkpointer = Checkpointer(run.path("checkpoints", name), config.keep_checkpoints)
+  iterator = None
+  start_time = time.monotonic()
+  try:
+    # Restored straight into the replicated shardings, on every process.
+    state = checkpointer.restore_or_keep(state)
+    start = int(sharding.to_host(state.step))
+    run.resumed_from[name] = start
+    if start < num_steps:
+      logging.info("Phase %s: steps %d to %d on %d %s device(s)", name, start + 1, num_steps,
+                   mesh.size, mesh.devices.flat[0].platform)
+    rows = sharding.process_rows(mesh, batch_size)
+    # A background thread gathers, augments and shards the next batches while
+    # the devices run the current step.
+    iterator = cifar.prefetch(batches(start, rows), config.prefetch_batches,
+                              transform=lambda batch: sharding.shard_batch(batch, mesh))
+    progress = metric_writers.ReportProgress(num_steps, config.log_every_steps, writer)
+    progress(start)
+    pending: list[dict] = []
+    for step in range(start + 1, num_steps + 1):
+      batch = next(iterator)
+      if step == 1 and on_start is not None:
+        state = on_start(state, batch)
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      last = step == num_steps
+      if step % config.log_every_steps == 0 or last:
+        summary = {k: float(np.mean([m[k] for m in sharding.to_host(pending)]))
+                   for k in pending[0]}
+        pending = []
+        run.last_loss[name] = summary["loss"]
+        writer.write_scalars(step, {f"{name}_{k}": v for k, v in summary.items()})
+        progress(step, extra=f"{name} loss={summary['loss']:.4f}")
+        if not np.isfinite(summary["loss"]):
+          raise FloatingPointError(
+              f"The {name} loss became {summary['loss']} at step {step}; lower "
+              "config.learning_rate or check the data.")
+      else:
+        progress(step)
+      if evaluate is not None and evaluate_every and step % evaluate_every == 0 and not last:
+        writer.write_scalars(step, evaluate(state))
+      if step % config.checkpoint_every_steps == 0 or last:
+        checkpointer.save(step, state)
+      writer.flush()
+  finally:
+    # Also on errors and interrupts: stop the prefetch thread, let orbax finish its threads.
+    if iterator is not None:
+      iterator.close()
+    checkpointer.close()
+  run.seconds[name] = time.monotonic() - start_time
+  return state
+
+
+def map_batches(fn: Callable, images, batch_size: int, *, mesh=None, drop: tuple[str, ...] = (),
+                with_index: bool = False) -> dict[str, np.ndarray]:
+  """``fn`` over fixed-size chunks of ``images`` (the last one padded), outputs concatenated.
+
+  Args:
+    fn: ``fn(chunk) -> dict`` (``fn(chunk, chunk_index)`` with
+      ``with_index``); every output has a leading batch axis, except scalars
+      (the same for every chunk: kept once).
+    images: ``(N, ...)`` array of inputs.
+    batch_size: inputs per chunk (rounded up to a multiple of the mesh size).
+    mesh: when given (``fn``'s parameters replicated over it), every chunk
+      is split over its devices, those of every process included: each
+      process feeds its rows and every process gets all the outputs.
+    drop: output keys discarded per chunk (large arrays some sets don't need).
+    with_index: pass the chunk's index to ``fn`` (a per-chunk random stream).
+
+  Returns:
+    ``{key: (N, ...) array}`` as NumPy arrays, scalars as 0-d arrays.
+
+  Raises:
+    ValueError: no images, or a non-positive batch size.
+  """
+  if len(images) == 0:
+    raise ValueError("no images to map over.")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+  devices = mesh.size if mesh is not None else 1
+  size = -(-min(batch_size, len(images)) // devices) * devices
+  rows = sharding.process_rows(mesh, size) if mesh is not None else slice(None)
+  chunks = []
+  for index, start in enumerate(range(0, len(images), size)):
+    chunk = np.asarray(images[start:start + size])
+    count = len(chunk)
+    if count < size:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
+    chunk = sharding.shard_batch(chunk[rows], mesh) if mesh is not None else chunk
+    out = fn(chunk, index) if with_index else fn(chunk)
+    out = sharding.to_host({k: v for k, v in out.items() if k not in drop})
+    chunks.append({k: (np.asarray(v) if np.ndim(v) == 0 else np.asarray(v)[:count])
+                   for k, v in out.items()})
+  return {k: (chunks[0][k] if np.ndim(chunks[0][k]) == 0
+              else np.concatenate([c[k] for c in chunks])) for k in chunks[0]}
