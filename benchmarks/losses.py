@@ -364,7 +364,8 @@ def worker_ours(cfg):
   return result
 
 
-def _pml_loss_and_miner(loss: str):
+def pml_loss_and_miner(loss: str):
+  """PML's loss object and miner (``None`` when it mines nothing) for one of our losses."""
   import torch  # noqa: F401
   from pytorch_metric_learning import distances, losses, miners
   lp = distances.LpDistance(normalize_embeddings=False, p=2, power=1)
@@ -382,6 +383,10 @@ def _pml_loss_and_miner(loss: str):
   if loss == "ntxent":
     return losses.NTXentLoss(temperature=TEMPERATURE), None
   raise ValueError(f"no PML peer for {loss!r}")
+
+
+# The old private name, still used by benchmarks/train.py.
+_pml_loss_and_miner = pml_loss_and_miner
 
 
 def pml_reference(loss: str, x, labels) -> float:
@@ -443,7 +448,7 @@ def worker_pml(cfg):
   result["input_digest"] = digest
   import torch
   torch.set_num_threads(cfg["threads"])
-  loss_fn, miner = _pml_loss_and_miner(cfg["loss"])
+  loss_fn, miner = pml_loss_and_miner(cfg["loss"])
   emb = torch.from_numpy(x.copy()).requires_grad_(True)  # a leaf tensor
   labels_t = torch.from_numpy(labels.copy())
   baseline = peak_rss_bytes()
@@ -597,11 +602,16 @@ def replace_marked_section(path: str, section: str, begin_marker: str, end_marke
   os.replace(tmp, path)
 
 
-def _version(dist: str) -> str:
+def version(dist: str) -> str:
+  """The installed version of the distribution ``dist``, or ``"not installed"``."""
   try:
     return importlib.metadata.version(dist)
   except importlib.metadata.PackageNotFoundError:
     return "not installed"
+
+
+# The old private name, still used by benchmarks/train.py.
+_version = version
 
 
 def machine_info(threads: int) -> dict:
@@ -630,11 +640,11 @@ def machine_info(threads: int) -> dict:
       "ram_gib": None if mem_kib is None else mem_kib / 2**20,
       "os": platform.platform(),
       "python": platform.python_version(),
-      "jax": _version("jax"),
-      "jaxlib": _version("jaxlib"),
-      "numpy": _version("numpy"),
-      "torch": _version("torch"),
-      "pytorch-metric-learning": _version("pytorch-metric-learning"),
+      "jax": version("jax"),
+      "jaxlib": version("jaxlib"),
+      "numpy": version("numpy"),
+      "torch": version("torch"),
+      "pytorch-metric-learning": version("pytorch-metric-learning"),
       "sphereembed": git_commit(),
   }
 

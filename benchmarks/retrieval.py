@@ -565,7 +565,7 @@ def main(argv=None) -> int:
   frameworks = _parse_list(args.frameworks, ALL_FRAMEWORKS)
   skipped = []
   for framework in [f for f in frameworks if f != "sphereembed"]:
-    if _lb._version(PEER_PACKAGE[framework]) == "not installed":
+    if _lb.version(PEER_PACKAGE[framework]) == "not installed":
       msg = f"{PEER_PACKAGE[framework]} not installed (pip install {PEER_PACKAGE[framework]})"
       print("NOTE: " + msg, flush=True)
       skipped.append(msg)
@@ -574,7 +574,7 @@ def main(argv=None) -> int:
   info = _lb.machine_info(args.threads)
   info["sphereembed"] = _lb.git_commit()
   for dist in ("faiss-cpu", "scikit-learn"):
-    info[dist] = _lb._version(dist)
+    info[dist] = _lb.version(dist)
   info["loadavg_start"] = os.getloadavg()
   if info["loadavg_start"][0] > 0.25 * info["cpus_available"]:
     print(f"WARNING: 1-minute load average {info['loadavg_start'][0]:.2f} on "

@@ -445,7 +445,7 @@ def main(argv=None) -> int:
     frameworks.remove("tfp")
   info = _lb.machine_info(len(os.sched_getaffinity(0)))
   for dist in ("scipy", "tfp-nightly", "mpmath"):
-    info[dist] = _lb._version(dist)
+    info[dist] = _lb.version(dist)
   info["loadavg_start"] = os.getloadavg()
   if info["loadavg_start"][0] > 0.25 * info["cpus_available"]:
     print(f"WARNING: 1-minute load average {info['loadavg_start'][0]:.2f} on "

@@ -4,7 +4,7 @@ Usage:
   python -m experiments.summarize runs/ncl_2d/* runs/ncl_128d/*
   python -m experiments.summarize runs/final6/vmf2_s* \
       --metrics=kappa/ood_auroc,kappa/isotonic/ece,softmax/ood_auroc
-  python -m experiments.summarize --hib runs/hib/*      # experiments.ndigit runs
+  python -m experiments.summarize --hib runs/hib/*      # HIB runs
   python -m experiments.summarize --retrieval runs/ret/* --figures=runs/ret/compare
 
 Runs are grouped by their ``config.json`` with the seed left out (so the
@@ -106,7 +106,7 @@ _HIB_COLUMNS = ("verification_ap_clean", "verification_ap_corrupted", "knn_accur
 
 
 def summarize_hib(workdirs: list[str]) -> str:
-  """The HIB table of ``experiments.ndigit`` runs: one row per (N, D, model), mean ± std over seeds."""
+  """The HIB table of ``config.method = "hib"`` runs: one row per (N, D, model), mean ± std over seeds."""
   groups = _finished_runs(workdirs, lambda _, result: (
       result["num_digits"], result["embedding_dim"], result["num_components"]))
   header = ["N", "D", "model", *(c.replace("_", " ") for c in _HIB_COLUMNS), "seeds",
@@ -127,7 +127,7 @@ def summarize_hib(workdirs: list[str]) -> str:
   return "\n".join(lines)
 
 
-# The LAM paper's Fashion-MNIST (MNIST as OOD) cells quoted by issue 8, beside our rows.
+# The LAM paper's Fashion-MNIST (MNIST as OOD) cells, beside our rows.
 PAPER_LAM = {"deterministic": {"map_at_1": 0.78},
              "laplace_posthoc": {"ood_auroc": 0.96, "ausc": 0.86},
              "laplace_online": {"map_at_1": 0.81, "ood_auroc": 0.98, "ausc": 0.89, "ece": 0.02}}
@@ -144,17 +144,17 @@ def _retrieval_label(workdir: str, result: dict) -> str:
 
 
 def _retrieval_runs(workdirs: list[str]) -> dict[str, list[tuple[str, dict]]]:
-  """``experiments.retrieval`` runs by method (and posterior structure), ``(workdir, metrics)`` by seed."""
+  """Retrieval runs (LAM and its baselines) by method (and posterior structure), ``(workdir, metrics)`` by seed."""
   groups = _finished_runs(workdirs, _retrieval_label)
   return {label: sorted(runs, key=lambda run: run[1]["seed"]) for label, runs in groups.items()}
 
 
 def summarize_retrieval(workdirs: list[str], groups: dict | None = None) -> str:
-  """The retrieval table of issue 8: one row per method, mean ± std over seeds, the paper's cells in parentheses.
+  """The retrieval table: one row per method, mean ± std over seeds, the paper's cells in parentheses.
 
   ``groups``: the runs as :func:`_retrieval_runs` reads them, when the caller has them already.
   """
-  from sphereembed.training.retrieval import METHODS  # pylint: disable=import-outside-toplevel
+  from sphereembed.methods.retrieval import METHODS  # pylint: disable=import-outside-toplevel
   groups = groups if groups is not None else _retrieval_runs(workdirs)
   header = ["method", "mAP@1", "mAP@5", "mAP@10", "OOD AUROC", "OOD AUPRC", "AUSC", "ECE", "seeds",
             "train time (s)"]
@@ -173,8 +173,9 @@ def summarize_retrieval(workdirs: list[str], groups: dict | None = None) -> str:
       if column in paper:
         cell += f" ({paper[column]:.2f})"
       cells.append(cell)
-    # train_seconds holds one entry per trained network (ensemble members, PFE's base).
-    seconds = [sum(r["train_seconds"].values()) for r in runs]
+    # The sum over the trained networks (ensemble members, PFE's base); older runs kept only
+    # the per-network train_seconds.
+    seconds = [r.get("train_seconds_this_run", sum(r["train_seconds"].values())) for r in runs]
     cells += [str(len(runs)), f"{np.mean(seconds):.0f}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -184,8 +185,8 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--metrics", default="", help="comma-separated metrics.json keys")
-  parser.add_argument("--hib", action="store_true", help="experiments.ndigit runs")
-  parser.add_argument("--retrieval", action="store_true", help="experiments.retrieval runs")
+  parser.add_argument("--hib", action="store_true", help="HIB runs (config.method = hib)")
+  parser.add_argument("--retrieval", action="store_true", help="retrieval runs (LAM and its baselines)")
   parser.add_argument("--figures", default="",
                       help="with --retrieval: folder for the figures comparing the methods "
                       "(the lowest seed of each)")
@@ -198,7 +199,8 @@ def main(argv=None) -> None:
     groups = _retrieval_runs(args.workdirs)
     print(summarize_retrieval(args.workdirs, groups))
     if args.figures:
-      from sphereembed.training.retrieval import plot_method_comparison  # pylint: disable=import-outside-toplevel
+      # pylint: disable-next=import-outside-toplevel
+      from sphereembed.evaluation.protocols.retrieval import plot_method_comparison
       first = {label: runs[0][0] for label, runs in groups.items()}
       for path in plot_method_comparison(first, args.figures):
         print(f"wrote {path}")

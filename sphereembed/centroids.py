@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from sphereembed import geometry
-from sphereembed.losses import _common
+from sphereembed.losses import checks
 
 __all__ = [
     "class_sums", "ema_alpha", "init_centroids", "negative_weight", "update_centroids",
@@ -73,8 +73,8 @@ def class_sums(
     ``(sums, counts)`` of shapes ``(K, D)`` and ``(K,)`` (counts in the
     embeddings' dtype).
   """
-  embeddings = _common.check_embeddings(embeddings)
-  labels = _common.check_labels(labels, embeddings.shape[0], allow_multi_hot=False)
+  embeddings = checks.check_embeddings(embeddings)
+  labels = checks.check_labels(labels, embeddings.shape[0], allow_multi_hot=False)
   sums = jax.ops.segment_sum(embeddings, labels, num_segments=num_classes)
   counts = jax.ops.segment_sum(
       jnp.ones(labels.shape, embeddings.dtype), labels, num_segments=num_classes)
@@ -141,18 +141,18 @@ def update_centroids(
     >>> print([[f"{v:.4f}" for v in row] for row in new.tolist()])
     [['0.7071', '0.7071'], ['0.0000', '1.0000']]
   """
-  centroids = _common.check_embeddings(centroids, "centroids")
-  embeddings = _common.check_embeddings(embeddings)
+  centroids = checks.check_embeddings(centroids, "centroids")
+  embeddings = checks.check_embeddings(embeddings)
   if centroids.shape[1] != embeddings.shape[1] or centroids.dtype != embeddings.dtype:
     raise ValueError(
         f"centroids {centroids.shape} {centroids.dtype} and embeddings {embeddings.shape} "
         f"{embeddings.dtype} must share the dimension and dtype.")
   num_classes = centroids.shape[0]
-  labels = _common.check_labels(labels, embeddings.shape[0], allow_multi_hot=False)
-  _common.validate_if_concrete(embeddings, labels, num_classes=num_classes)
-  if _common.is_concrete(centroids):
-    _common.validate_embeddings(centroids, "centroids")
-  if _common.is_concrete(alpha):
+  labels = checks.check_labels(labels, embeddings.shape[0], allow_multi_hot=False)
+  checks.validate_if_concrete(embeddings, labels, num_classes=num_classes)
+  if checks.is_concrete(centroids):
+    checks.validate_embeddings(centroids, "centroids")
+  if checks.is_concrete(alpha):
     value = float(jnp.asarray(alpha))
     if not 0.0 <= value <= 1.0:
       raise ValueError(f"alpha must lie in [0, 1], got {value}.")

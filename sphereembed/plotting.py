@@ -17,15 +17,15 @@ import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
 
-from sphereembed.evaluation import calibration, uncertainty, verification
-from sphereembed.evaluation import _checks
+from sphereembed.evaluation import calibration, checks, uncertainty, verification
 
 __all__ = [
     "plot_binned_performance", "plot_circle", "plot_confidence_boxplot",
     "plot_confidence_scatter", "plot_embeddings",
     "plot_embeddings_by_confidence", "plot_pr_curves", "plot_reliability_diagram",
     "plot_risk_coverage", "plot_roc_curves", "plot_sparsification", "plot_sphere",
-    "plot_training_curves",
+    "plot_training_curves", "plot_hib_embeddings", "plot_uncertain_images",
+    "plot_uncertainty_bins", "plot_retrievals",
 ]
 
 
@@ -354,12 +354,12 @@ def plot_confidence_boxplot(confidences, correct, ood_confidences=None, *, path:
   Returns:
     The figure.
   """
-  confidences = _checks.vector(confidences, "confidences")
-  correct = _checks.binary(correct, "correct")
-  _checks.same_length(confidences=confidences, correct=correct)
+  confidences = checks.vector(confidences, "confidences")
+  correct = checks.binary(correct, "correct")
+  checks.same_length(confidences=confidences, correct=correct)
   groups = {"correct": confidences[correct], "incorrect": confidences[~correct]}
   if ood_confidences is not None:
-    groups["OOD"] = _checks.vector(ood_confidences, "ood_confidences")
+    groups["OOD"] = checks.vector(ood_confidences, "ood_confidences")
   groups = {name: values for name, values in groups.items() if values.size}
   fig = Figure(figsize=(1.6 * len(groups) + 2, 4.5))
   ax = fig.add_subplot()
@@ -403,10 +403,10 @@ def plot_confidence_scatter(x, y, correct, *, xlabel: str = "confidence",
     >>> fig.axes[0].get_title()
     'Spearman 0.800'
   """
-  x = _checks.vector(x, "x")
-  y = _checks.vector(y, "y")
-  correct = _checks.binary(correct, "correct")
-  _checks.same_length(x=x, y=y, correct=correct)
+  x = checks.vector(x, "x")
+  y = checks.vector(y, "y")
+  correct = checks.binary(correct, "correct")
+  checks.same_length(x=x, y=y, correct=correct)
   rho = uncertainty.spearman_rho(x, y)
   right = np.flatnonzero(correct)
   right = np.random.default_rng(seed).permutation(right)[:max_points]
@@ -486,8 +486,8 @@ def plot_embeddings_by_confidence(embeddings, confidences, *, labels=None, path:
   embeddings = np.asarray(embeddings, dtype=np.float64)
   if embeddings.ndim != 2 or embeddings.shape[1] not in (2, 3):
     raise ValueError(f"embeddings must have shape (N, 2) or (N, 3), got {embeddings.shape}.")
-  confidences = _checks.vector(confidences, "confidences")
-  _checks.same_length(embeddings=embeddings, confidences=confidences)
+  confidences = checks.vector(confidences, "confidences")
+  checks.same_length(embeddings=embeddings, confidences=confidences)
   index = np.random.default_rng(seed).permutation(len(confidences))[:max_points]
   index = index[np.argsort(-confidences[index], kind="stable")]
   points = embeddings[index] / np.maximum(np.linalg.norm(embeddings[index], axis=1,
@@ -541,3 +541,141 @@ def plot_embeddings_by_confidence(embeddings, confidences, *, labels=None, path:
   if path is not None:
     fig.savefig(path, dpi=110)
   return fig
+
+
+# Stochastic embeddings (Hedged Instance Embeddings).
+def _projection(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """``(centre, axes)``: the identity for 2-D, the two principal axes otherwise."""
+  centre = points.mean(axis=0)
+  if points.shape[1] == 2:
+    return np.zeros(2), np.eye(2)
+  _, _, vt = np.linalg.svd(points - centre, full_matrices=False)
+  return centre, vt[:2].T
+
+
+def plot_hib_embeddings(arrays: Mapping, path: str, title: str, seed: int = 0) -> None:
+  """Clean and corrupted means coloured by class, with the sample clouds of a few images."""
+  labels = arrays["labels"]
+  centre, axes = _projection(arrays["centres"]["clean"])
+  project = lambda x: (x - centre) @ axes
+  rng = np.random.default_rng(seed)
+  shown = rng.permutation(len(labels))[:3000]
+  classes = np.unique(labels)
+  cmap = matplotlib.colormaps["hsv"]
+  colour_of = {c: cmap(i / len(classes)) for i, c in enumerate(rng.permutation(classes))}
+  colours = np.array([colour_of[c] for c in labels[shown]])
+  fig = Figure(figsize=(13, 6.2))
+  panels = fig.subplots(1, 2, sharex=True, sharey=True)
+  for ax, name in zip(panels, ("clean", "corrupted")):
+    points = project(arrays["centres"][name][shown])
+    ax.scatter(points[:, 0], points[:, 1], c=colours, s=3, alpha=0.5, linewidths=0)
+    samples = arrays["samples"][name]
+    eta = arrays[f"{name}_eta"]
+    # Clouds of the 6 most uncertain images and 6 random ones.
+    chosen = np.r_[np.argsort(-eta, kind="stable")[:6], rng.permutation(len(labels))[:6]]
+    for rank, index in enumerate(chosen):
+      cloud = project(samples[index])
+      ax.scatter(cloud[:, 0], cloud[:, 1], s=10, marker="x",
+                 color="black" if rank < 6 else "0.45", linewidths=0.8)
+    ax.set_title(f"{name} test images: means by class; x: samples of the 6 most uncertain "
+                 "(black) and 6 random (grey)", fontsize=8)
+    ax.set_aspect("equal", adjustable="box")
+    ax.grid(alpha=0.2)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def plot_uncertain_images(images: dict[str, np.ndarray], arrays: Mapping, path: str,
+                           count: int = 8) -> None:
+  """The ``count`` most and least certain images among the clean and corrupted test images."""
+  eta = np.concatenate([arrays["clean_eta"], arrays["corrupted_eta"]])
+  stack = np.concatenate([images["clean"], images["corrupted"]])
+  labels = np.concatenate([arrays["labels"], arrays["labels"]])
+  order = np.argsort(eta, kind="stable")
+  count = min(count, len(order))
+  rows = (("least uncertain", order[:count]), ("most uncertain", order[::-1][:count]))
+  fig = Figure(figsize=(1.9 * count, 3.2))
+  axes = fig.subplots(2, count, squeeze=False)
+  width = stack.shape[2] // stack.shape[1]
+  for row, (name, indices) in enumerate(rows):
+    for col, index in enumerate(indices):
+      ax = axes[row, col]
+      ax.imshow(stack[index, :, :, 0], cmap="gray", vmin=0, vmax=255)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      kind = "corr." if index >= len(arrays["labels"]) else "clean"
+      ax.set_title(f"{labels[index]:0{width}d} {kind}\neta={eta[index]:.3f}", fontsize=7)
+    axes[row, 0].set_ylabel(name, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def plot_uncertainty_bins(arrays: Mapping, bins: int, path: str, title: str) -> bool:
+  """Mean per-image AP and kNN accuracy per ``eta`` bin; ``False`` when ``eta`` is constant."""
+  fig = Figure(figsize=(6, 4.5))
+  ax = fig.add_subplot()
+  drawn = False
+  for name, style in (("clean", "-"), ("corrupted", "--")):
+    eta = arrays[f"{name}_eta"]
+    if np.all(eta == eta[0]):
+      continue
+    for performance, marker in (("ap", "o"), ("knn", "s")):
+      binned = uncertainty.binned_performance(eta, arrays[f"{name}_{performance}"],
+                                             min(bins, len(eta)))
+      filled = binned.count > 0
+      ax.plot(binned.uncertainty[filled], binned.performance[filled], style, marker=marker,
+              label=f"{name}: {'AP' if performance == 'ap' else 'kNN accuracy'}")
+      drawn = True
+  if not drawn:
+    return False
+  ax.set_xlabel("self-mismatch eta (bin mean)")
+  ax.set_ylabel("mean performance in the bin")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  return True
+
+
+# Retrieval.
+
+
+def plot_retrievals(arrays: Mapping[str, np.ndarray], images: np.ndarray, path: str, title: str,
+                     rows_each: int = 4) -> None:
+  """The most and least certain test queries, each with its nearest test images.
+
+  Args:
+    arrays: ``uncertainty`` (per query), ``neighbours`` (``(N, k)`` rows of
+      the nearest test images) and ``labels``.
+    images: the test images.
+    path: the PNG written.
+    title: the figure's title.
+    rows_each: how many most and least certain queries.
+  """
+  order = np.argsort(arrays["uncertainty"], kind="stable")
+  rows_each = min(rows_each, len(order) // 2) or 1
+  queries = np.r_[order[:rows_each], order[::-1][:rows_each]]
+  neighbours, labels = arrays["neighbours"], arrays["labels"]
+  columns = 1 + neighbours.shape[1]
+  fig = Figure(figsize=(1.3 * columns, 1.45 * len(queries) + 0.6))
+  axes = fig.subplots(len(queries), columns, squeeze=False)
+  for row, query in enumerate(queries):
+    shown = [query] + list(neighbours[query])
+    for col, index in enumerate(shown):
+      ax = axes[row, col]
+      ax.imshow(images[index, :, :, 0], cmap="gray", vmin=0, vmax=255)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if col == 0:
+        certainty = "most certain" if row < rows_each else "least certain"
+        ax.set_title(f"{certainty}\nu={arrays['uncertainty'][query]:.3g}", fontsize=7)
+      else:
+        colour = "tab:green" if labels[index] == labels[query] else "tab:red"
+        for spine in ax.spines.values():
+          spine.set_edgecolor(colour)
+          spine.set_linewidth(3)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)

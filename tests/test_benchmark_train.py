@@ -79,7 +79,7 @@ def test_torch_model_and_loss_match_flax(tmp_path, kernel_size, downsample):
 
   torch_model = train.torch_model(cfg)
   train.copy_flax_params(torch_model, str(tmp_path / "params.npz"))
-  loss_fn, miner = train._lb._pml_loss_and_miner("batch_hard")
+  loss_fn, miner = train._lb.pml_loss_and_miner("batch_hard")
   with torch.no_grad():
     out = torch_model(torch.from_numpy(images))
     labels_t = torch.from_numpy(labels)

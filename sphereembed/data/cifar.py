@@ -31,9 +31,11 @@ The input pipeline: :func:`random_crop_flip` (random 32x32 crop of the image
 zero-padded by 4 pixels, and a horizontal flip with probability 1/2, in
 NumPy), :func:`augment_batch` (the same, seeded by ``(seed, step)`` so a
 resumed run repeats the augmentation of an uninterrupted one),
-:func:`train_batches` (a sampler's index batches turned into augmented
-``{"image", "label"}`` batches) and :func:`prefetch` (a background thread
-keeping a few batches ready, optionally already on the device).
+:func:`augment_rng` (the generator it draws from), :func:`train_batches` (a
+sampler's index batches turned into augmented ``{"image", "label"}``
+batches, steps numbered as in the training loop) and :func:`prefetch` (a
+background thread keeping a few batches ready, optionally already on the
+device).
 
 References:
   A. Krizhevsky, "Learning Multiple Layers of Features from Tiny Images",
@@ -67,6 +69,7 @@ __all__ = [
     "CIFAR_URL",
     "LABEL_MODES",
     "augment_batch",
+    "augment_rng",
     "load_cifar",
     "load_cifar_folder",
     "load_png_samples",
@@ -400,9 +403,7 @@ def load_cifar(
     tried.append(f"default root {root}: {why}")
 
   if label_mode == "fine":
-    dataset, why = sources._load_tfds(  # pylint: disable=protected-access
-        name, sources.DATASETS[name], None if tfds_data_dir is None else os.fspath(tfds_data_dir),
-        download)
+    dataset, why = sources.load_tfds(name, tfds_data_dir, download=download)
     if dataset is not None:
       return dataset
     tried.append(f"TFDS {name}: {why}")
@@ -491,9 +492,40 @@ def random_crop_flip(images: np.ndarray, rng: np.random.Generator, *, padding: i
   return out
 
 
+def augment_rng(seed: int, step: int) -> np.random.Generator:
+  """The generator :func:`augment_batch` draws the augmentation of step ``step`` from.
+
+  A function of ``(seed, step)`` alone, on a stream of its own (apart from
+  the samplers' ``np.random.default_rng([seed, epoch])``). For code that
+  augments part of a batch itself (e.g. one process's rows) with the draws
+  :func:`augment_batch` makes for the whole batch.
+
+  Args:
+    seed: the run's non-negative seed.
+    step: the global step of the batch (non-negative).
+
+  Returns:
+    A fresh ``np.random.Generator``; equal arguments give equal streams.
+
+  Raises:
+    ValueError: a negative ``seed`` or ``step``.
+
+  Example:
+    >>> import numpy as np
+    >>> from sphereembed.data.cifar import augment_batch, augment_rng, random_crop_flip
+    >>> x = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
+    >>> ours = random_crop_flip(x, augment_rng(0, 5), padding=2)
+    >>> bool(np.array_equal(ours, augment_batch(x, seed=0, step=5, padding=2)))
+    True
+  """
+  if seed < 0 or step < 0:
+    raise ValueError(f"seed and step must be >= 0, got {seed} and {step}.")
+  return np.random.default_rng([seed, step, _AUGMENT_STREAM])
+
+
 def augment_batch(images: np.ndarray, *, seed: int, step: int, padding: int = 4,
                   flip: bool = True) -> np.ndarray:
-  """:func:`random_crop_flip` drawn from ``(seed, step)`` alone.
+  """:func:`random_crop_flip` drawn from ``(seed, step)`` alone (:func:`augment_rng`).
 
   A run resumed at step ``g`` augments batch ``g`` exactly as an
   uninterrupted run does.
@@ -508,15 +540,21 @@ def augment_batch(images: np.ndarray, *, seed: int, step: int, padding: int = 4,
   Returns:
     The augmented batch.
   """
-  if seed < 0 or step < 0:
-    raise ValueError(f"seed and step must be >= 0, got {seed} and {step}.")
-  rng = np.random.default_rng([seed, step, _AUGMENT_STREAM])
-  return random_crop_flip(images, rng, padding=padding, flip=flip)
+  return random_crop_flip(images, augment_rng(seed, step), padding=padding, flip=flip)
 
 
 def train_batches(split: Split, sampler, *, seed: int, start_step: int = 0, augment: bool = True,
                   padding: int = 4, flip: bool = True) -> Iterator[dict[str, np.ndarray]]:
-  """Augmented ``{"image", "label"}`` batches of a sampler, from ``start_step`` on.
+  """Augmented ``{"image", "label"}`` batches of a sampler, for the steps after ``start_step``.
+
+  Steps are numbered as in the training loop: ``start_step`` is the number of
+  steps already taken (0 for a fresh run, the checkpoint's step for a resumed
+  one), and the first batch yielded is that of step ``start_step + 1``. It
+  holds the sampler's batch ``start_step`` (``sampler.iterate(start_step)``
+  counts batches from 0) augmented as ``augment_batch(images, seed=seed,
+  step=start_step + 1)``; the ``i``-th batch yielded (from 0) is augmented as
+  step ``start_step + 1 + i``. A run resumed at ``start_step = g`` therefore
+  gets the batches an uninterrupted run gets after its step ``g``.
 
   Args:
     split: the training split.
@@ -524,7 +562,7 @@ def train_batches(split: Split, sampler, *, seed: int, start_step: int = 0, augm
       :class:`~sphereembed.data.ClassBalancedSampler` (anything with
       ``iterate(start_step)`` yielding index arrays).
     seed: the augmentation seed (see :func:`augment_batch`).
-    start_step: the global step of the first batch.
+    start_step: the steps already taken; the first batch is step ``start_step + 1``.
     augment: apply :func:`augment_batch` (``False``: the raw images).
     padding: the crop's zero padding.
     flip: whether to flip.
@@ -532,7 +570,7 @@ def train_batches(split: Split, sampler, *, seed: int, start_step: int = 0, augm
   Yields:
     ``{"image": uint8 (B, H, W, C), "label": int32 (B,)}`` forever.
   """
-  for step, indices in enumerate(sampler.iterate(start_step), start=start_step):
+  for step, indices in enumerate(sampler.iterate(start_step), start=start_step + 1):
     images = split.images[indices]
     if augment:
       images = augment_batch(images, seed=seed, step=step, padding=padding, flip=flip)

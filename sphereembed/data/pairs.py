@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sphereembed.losses import _common
+from sphereembed.losses import checks, masks
 
 __all__ = ["Pairs", "all_pairs", "pair_counts", "sample_pairs"]
 
@@ -58,9 +58,9 @@ def _labels(labels) -> jax.Array:
   labels = jnp.asarray(labels)
   if labels.ndim not in (1, 2):
     raise ValueError(f"labels must have shape (B,) or (B, C), got {labels.shape}.")
-  labels = _common.check_labels(labels, labels.shape[0])
-  if _common.is_concrete(labels):
-    _common.validate_labels(labels)
+  labels = checks.check_labels(labels, labels.shape[0])
+  if checks.is_concrete(labels):
+    checks.validate_labels(labels)
   return labels
 
 
@@ -129,7 +129,7 @@ def all_pairs(labels: jax.Array) -> Pairs:
 @jax.jit
 def _all_pairs_kernel(labels):
   first, second = _upper_triangle(labels.shape[0])
-  same = _common.positive_mask(labels)
+  same = masks.positive_mask(labels)
   return Pairs(first, second, same[first, second])
 
 

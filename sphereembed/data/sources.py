@@ -41,6 +41,7 @@ __all__ = [
     "default_data_roots",
     "load_dataset",
     "load_idx_folder",
+    "load_tfds",
 ]
 
 DATA_DIR_ENV = "SPHEREEMBED_DATA_DIR"
@@ -295,13 +296,38 @@ def _split_from_source(source) -> Split:
   return Split(images, labels)
 
 
-def _load_tfds(name: str, spec: _Spec, tfds_data_dir: str | None,
-               download: bool) -> tuple[Dataset | None, str]:
+def load_tfds(name: str, tfds_data_dir: str | os.PathLike | None = None, *,
+              download: bool = False) -> tuple[Dataset | None, str]:
   """The dataset from TFDS, or ``(None, why it is not available)``.
 
-  Never raises for a missing or unreadable dataset, and never starts a
-  download unless ``download`` is set and the network answers.
+  The TFDS step of :func:`load_dataset` (and of
+  :func:`sphereembed.data.cifar.load_cifar`) on its own: the dataset must be
+  prepared in ``tfds_data_dir`` in the ``array_record`` format, which reads
+  without TensorFlow, or ``download`` must be set.
+
+  Args:
+    name: a name of :data:`DATASETS` that TFDS provides (``"mnist"``,
+      ``"fashion_mnist"``, ``"cifar10"``, ``"cifar100"``).
+    tfds_data_dir: TFDS's data folder (TFDS's default when ``None``).
+    download: let TFDS download and prepare the dataset when it is not
+      prepared; only attempted when the network answers within 2 s.
+
+  Returns:
+    ``(dataset, "found")``, or ``(None, reason)`` where ``reason`` says why
+    TFDS could not provide it (not installed, not prepared, no network, ...).
+    Never raises for a missing or unreadable dataset, and never starts a
+    download unless ``download`` is set and the network answers.
+
+  Raises:
+    ValueError: ``name`` is unknown or not in TFDS (``"mnist10k"``).
   """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}.")
+  spec = DATASETS[name]
+  if not spec.tfds_name:
+    raise ValueError(f"{name} is not in TFDS: it must come from a local IDX folder.")
+  if tfds_data_dir is not None:
+    tfds_data_dir = os.fspath(tfds_data_dir)
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except Exception as e:  # pylint: disable=broad-except
@@ -430,8 +456,7 @@ def load_dataset(
       tried.append(f"default root {root}: {why}")
 
   if spec.tfds_name:
-    dataset, why = _load_tfds(
-        name, spec, None if tfds_data_dir is None else os.fspath(tfds_data_dir), download)
+    dataset, why = load_tfds(name, tfds_data_dir, download=download)
     if dataset is not None:
       return dataset
     tried.append(f"TFDS {spec.tfds_name}: {why}")

@@ -15,6 +15,10 @@ one module per family, all re-exported here:
 * :mod:`~sphereembed.evaluation.evaluators`: small objects with one ``run``
   returning a flat dict of named floats, for metric writers and tables.
 
+:mod:`~sphereembed.evaluation.checks` holds the input checks these modules
+(and :mod:`sphereembed.plotting`) share; it is imported by name, not
+re-exported.
+
 Conventions (larger score = more similar for verification, larger score =
 more uncertain for OOD, fractions never percentages) are in each module's
 docstring.

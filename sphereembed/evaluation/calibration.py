@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sphereembed.evaluation import _checks
+from sphereembed.evaluation import checks
 
 __all__ = [
     "ReliabilityDiagram",
@@ -90,9 +90,9 @@ def reliability_diagram(confidences, correct, num_bins: int = 15) -> Reliability
   if int(num_bins) != num_bins or num_bins < 1:
     raise ValueError(f"num_bins must be a positive integer, got {num_bins}.")
   num_bins = int(num_bins)
-  confidences = _checks.unit_interval(confidences, "confidences")
-  correct = _checks.binary(correct, "correct")
-  _checks.same_length(confidences=confidences, correct=correct)
+  confidences = checks.unit_interval(confidences, "confidences")
+  correct = checks.binary(correct, "correct")
+  checks.same_length(confidences=confidences, correct=correct)
   # k / num_bins is the double nearest to the edge (linspace may miss it by an
   # ulp), so that a confidence written as 0.6 starts the bin [0.6, 0.8).
   edges = np.arange(num_bins + 1) / num_bins
@@ -211,9 +211,9 @@ def brier_score(probabilities, labels) -> float:
   """
   probabilities = np.asarray(probabilities)
   if probabilities.ndim == 1:
-    p = _checks.unit_interval(probabilities, "probabilities")
-    y = _checks.binary(labels, "labels")
-    _checks.same_length(probabilities=p, labels=y)
+    p = checks.unit_interval(probabilities, "probabilities")
+    y = checks.binary(labels, "labels")
+    checks.same_length(probabilities=p, labels=y)
     return float(np.mean(np.square(p - y)))
   if probabilities.ndim != 2 or probabilities.size == 0:
     raise ValueError(
@@ -227,8 +227,8 @@ def brier_score(probabilities, labels) -> float:
   # A loose tolerance: float32 softmax outputs are off by ~1e-6 per class.
   if np.abs(p.sum(axis=1) - 1).max() > 1e-3:
     raise ValueError("Each row of probabilities must sum to 1.")
-  y = _checks.vector(labels, "labels")
-  _checks.same_length(probabilities=p, labels=y)
+  y = checks.vector(labels, "labels")
+  checks.same_length(probabilities=p, labels=y)
   if (y != np.round(y)).any() or y.min() < 0 or y.max() >= p.shape[1]:
     raise ValueError(f"labels must be integer class ids in [0, {p.shape[1]}).")
   onehot = np.zeros_like(p)
@@ -275,12 +275,12 @@ def accuracy_at_coverage(confidences, correct, coverage: float) -> float:
     >>> print(f"{accuracy_at_coverage(confidences, [1, 1, 0, 1], 0.5):.2f}")
     0.75
   """
-  coverage = _checks.check_fraction(coverage, "coverage")
-  confidences = _checks.vector(confidences, "confidences")
-  correct = _checks.binary(correct, "correct")
-  n = _checks.same_length(confidences=confidences, correct=correct)
-  kept = _checks.count(coverage, n)
-  return float(_checks.expected_prefix_sums(confidences, correct.astype(np.float64))[kept - 1] / kept)
+  coverage = checks.check_fraction(coverage, "coverage")
+  confidences = checks.vector(confidences, "confidences")
+  correct = checks.binary(correct, "correct")
+  n = checks.same_length(confidences=confidences, correct=correct)
+  kept = checks.count(coverage, n)
+  return float(checks.expected_prefix_sums(confidences, correct.astype(np.float64))[kept - 1] / kept)
 
 
 class RiskCoverageCurve(NamedTuple):
@@ -324,11 +324,11 @@ def risk_coverage_curve(confidences, correct) -> RiskCoverageCurve:
     >>> print(curve.coverage.round(3).tolist(), curve.risk.round(3).tolist())
     [0.333, 0.667, 1.0] [0.0, 0.5, 0.333]
   """
-  confidences = _checks.vector(confidences, "confidences")
-  correct = _checks.binary(correct, "correct")
-  n = _checks.same_length(confidences=confidences, correct=correct)
+  confidences = checks.vector(confidences, "confidences")
+  correct = checks.binary(correct, "correct")
+  n = checks.same_length(confidences=confidences, correct=correct)
   kept = np.arange(1, n + 1)
-  errors = _checks.expected_prefix_sums(confidences, (~correct).astype(np.float64))
+  errors = checks.expected_prefix_sums(confidences, (~correct).astype(np.float64))
   threshold = np.sort(confidences)[::-1]
   return RiskCoverageCurve(kept / n, errors / kept, threshold)
 
@@ -387,7 +387,7 @@ def excess_aurc(confidences, correct) -> float:
     0.1667
   """
   area = aurc(confidences, correct)
-  correct = _checks.binary(correct, "correct")
+  correct = checks.binary(correct, "correct")
   n = len(correct)
   kept = np.arange(1, n + 1)
   best = np.maximum(0, kept - correct.sum()) / kept

@@ -22,8 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from sphereembed import geometry
-from sphereembed.evaluation import calibration, uncertainty, verification
-from sphereembed.evaluation import _checks
+from sphereembed.evaluation import calibration, checks, uncertainty, verification
 
 __all__ = [
     "CalibrationEvaluator",
@@ -111,9 +110,9 @@ class CalibrationEvaluator(Evaluator):
         raise ValueError(f"probabilities must have shape (N, C), got {p.shape}.")
       confidences = p.max(axis=1)
       correct = np.argmax(p, axis=1) == np.asarray(labels)
-    confidences = _checks.unit_interval(confidences, "confidences")
-    correct = _checks.binary(correct, "correct")
-    _checks.same_length(confidences=confidences, correct=correct)
+    confidences = checks.unit_interval(confidences, "confidences")
+    correct = checks.binary(correct, "correct")
+    checks.same_length(confidences=confidences, correct=correct)
     values = {
         "accuracy": np.mean(correct),
         "mean_confidence": np.mean(confidences),
@@ -146,8 +145,8 @@ class OODEvaluator(Evaluator):
 
   def run(self, in_scores, out_scores) -> dict[str, float]:
     """Metrics from ``(N_in,)`` and ``(N_out,)`` uncertainties."""
-    in_scores = _checks.vector(in_scores, "in_scores")
-    out_scores = _checks.vector(out_scores, "out_scores")
+    in_scores = checks.vector(in_scores, "in_scores")
+    out_scores = checks.vector(out_scores, "out_scores")
     return self._named({
         "auroc": uncertainty.ood_auroc(in_scores, out_scores),
         "auprc": uncertainty.ood_auprc(in_scores, out_scores),
@@ -174,7 +173,7 @@ class VerificationEvaluator(Evaluator):
 
   def run(self, distances, same, *, threshold: float | None = None) -> dict[str, float]:
     """Metrics from ``(P,)`` pair distances and ``(P,)`` same-identity bools."""
-    distances = _checks.vector(distances, "distances")
+    distances = checks.vector(distances, "distances")
     scores = -distances
     values = {
         "ap": verification.verification_ap(scores, same),
@@ -203,7 +202,7 @@ class SparsificationEvaluator(Evaluator):
 
   def run(self, uncertainties, correct) -> dict[str, float]:
     """Metrics from ``(N,)`` uncertainties and ``(N,)`` correctness (bools or values in [0, 1])."""
-    uncertainties, errors = uncertainty._errors_from_correct(uncertainties, correct)
+    uncertainties, errors = uncertainty.errors_from_correct(uncertainties, correct)
     curve = uncertainty.sparsification_curve(uncertainties, errors)
     area, oracle = float(np.mean(curve.error)), float(np.mean(curve.oracle_error))
     prr = math.nan

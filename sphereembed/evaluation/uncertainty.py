@@ -24,8 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sphereembed.evaluation import calibration, verification
-from sphereembed.evaluation import _checks
+from sphereembed.evaluation import calibration, checks, verification
 
 __all__ = [
     "BinnedPerformance",
@@ -35,6 +34,7 @@ __all__ = [
     "ausc",
     "binned_performance",
     "error_reject_curve",
+    "errors_from_correct",
     "kendall_tau",
     "ood_auprc",
     "ood_auroc",
@@ -52,8 +52,8 @@ __all__ = [
 
 
 def _in_and_out(in_scores, out_scores):
-  in_scores = _checks.vector(in_scores, "in_scores")
-  out_scores = _checks.vector(out_scores, "out_scores")
+  in_scores = checks.vector(in_scores, "in_scores")
+  out_scores = checks.vector(out_scores, "out_scores")
   scores = np.concatenate([in_scores, out_scores])
   is_out = np.r_[np.zeros(len(in_scores), bool), np.ones(len(out_scores), bool)]
   return scores, is_out
@@ -143,10 +143,10 @@ def ood_fpr_at_tpr(in_scores, out_scores, tpr: float = 0.95) -> float:
     >>> print(f"{ood_fpr_at_tpr([0.1, 0.2, 0.3, 0.4], [0.25, 0.9], tpr=0.75):.2f}")
     0.50
   """
-  tpr = _checks.check_fraction(tpr, "tpr")
-  in_scores = np.sort(_checks.vector(in_scores, "in_scores"))
-  out_scores = _checks.vector(out_scores, "out_scores")
-  threshold = in_scores[_checks.count(tpr, len(in_scores)) - 1]
+  tpr = checks.check_fraction(tpr, "tpr")
+  in_scores = np.sort(checks.vector(in_scores, "in_scores"))
+  out_scores = checks.vector(out_scores, "out_scores")
+  threshold = in_scores[checks.count(tpr, len(in_scores)) - 1]
   return float(np.mean(out_scores <= threshold))
 
 
@@ -155,22 +155,44 @@ def ood_fpr_at_tpr(in_scores, out_scores, tpr: float = 0.95) -> float:
 
 
 def _uncertainties_and_errors(uncertainties, errors, errors_name="errors"):
-  uncertainties = _checks.vector(uncertainties, "uncertainties")
-  errors = _checks.finite_vector(errors, errors_name)
-  _checks.same_length(uncertainties=uncertainties, **{errors_name: errors})
+  uncertainties = checks.vector(uncertainties, "uncertainties")
+  errors = checks.finite_vector(errors, errors_name)
+  checks.same_length(uncertainties=uncertainties, **{errors_name: errors})
   return uncertainties, errors
 
 
-def _errors_from_correct(uncertainties, correct):
-  uncertainties = _checks.vector(uncertainties, "uncertainties")
-  correct = _checks.unit_interval(correct, "correct")
-  _checks.same_length(uncertainties=uncertainties, correct=correct)
+def errors_from_correct(uncertainties, correct) -> tuple[np.ndarray, np.ndarray]:
+  """Checked ``(uncertainties, errors)`` with ``errors = 1 - correct``.
+
+  The inputs of :func:`ausc` and :func:`ause`, for callers that need the
+  per-sample errors themselves (e.g. the sparsification evaluator).
+
+  Args:
+    uncertainties: ``(N,)`` uncertainties (larger = more uncertain).
+    correct: ``(N,)`` bools, or per-sample performance in ``[0, 1]``.
+
+  Returns:
+    Both as float64 ``(N,)`` arrays.
+
+  Raises:
+    ValueError: a wrong shape, NaN, ``correct`` outside ``[0, 1]`` or
+      different lengths.
+
+  Example:
+    >>> from sphereembed.evaluation.uncertainty import errors_from_correct
+    >>> uncertainties, errors = errors_from_correct([0.3, 0.1], [True, False])
+    >>> print(uncertainties.tolist(), errors.tolist())
+    [0.3, 0.1] [0.0, 1.0]
+  """
+  uncertainties = checks.vector(uncertainties, "uncertainties")
+  correct = checks.unit_interval(correct, "correct")
+  checks.same_length(uncertainties=uncertainties, correct=correct)
   return uncertainties, 1.0 - correct
 
 
 def _retained_error_sums(keys, errors):
   """Expected error sums of the k samples kept first by ``keys``, for k = N..1."""
-  return _checks.expected_prefix_sums(keys, errors)[::-1]
+  return checks.expected_prefix_sums(keys, errors)[::-1]
 
 
 class SparsificationCurve(NamedTuple):
@@ -250,7 +272,7 @@ def ausc(uncertainties, correct) -> float:
     >>> print(f"{ausc([0.9, 0.1, 0.5, 0.3], [0, 1, 1, 0]):.4f}")
     0.3333
   """
-  return float(np.mean(sparsification_curve(*_errors_from_correct(uncertainties, correct)).error))
+  return float(np.mean(sparsification_curve(*errors_from_correct(uncertainties, correct)).error))
 
 
 def oracle_ausc(correct) -> float:
@@ -267,7 +289,7 @@ def oracle_ausc(correct) -> float:
     >>> print(f"{oracle_ausc([0, 1, 1, 0]):.4f}")
     0.2083
   """
-  errors = 1.0 - _checks.unit_interval(correct, "correct")
+  errors = 1.0 - checks.unit_interval(correct, "correct")
   return float(np.mean(sparsification_curve(errors, errors).oracle_error))
 
 
@@ -289,7 +311,7 @@ def ause(uncertainties, correct) -> float:
     >>> print(f"{ause([0.9, 0.1, 0.5, 0.3], [0, 1, 1, 0]):.4f}")
     0.1250
   """
-  uncertainties, errors = _errors_from_correct(uncertainties, correct)
+  uncertainties, errors = errors_from_correct(uncertainties, correct)
   curve = sparsification_curve(uncertainties, errors)
   return float(np.mean(curve.error - curve.oracle_error))
 
@@ -393,9 +415,9 @@ def prediction_rejection_ratio(uncertainties, errors) -> float:
 
 
 def _paired(uncertainties, performance):
-  uncertainties = _checks.vector(uncertainties, "uncertainties")
-  performance = _checks.vector(performance, "performance")
-  n = _checks.same_length(uncertainties=uncertainties, performance=performance)
+  uncertainties = checks.vector(uncertainties, "uncertainties")
+  performance = checks.vector(performance, "performance")
+  n = checks.same_length(uncertainties=uncertainties, performance=performance)
   if n < 2:
     raise ValueError("A correlation needs at least 2 samples.")
   for name, values in (("uncertainties", uncertainties), ("performance", performance)):
@@ -424,8 +446,8 @@ def spearman_rho(uncertainties, performance) -> float:
     -0.80
   """
   x, y = _paired(uncertainties, performance)
-  rx = verification._average_ranks(x)
-  ry = verification._average_ranks(y)
+  rx = verification.average_ranks(x)
+  ry = verification.average_ranks(y)
   rx, ry = rx - rx.mean(), ry - ry.mean()
   return float(np.clip(np.sum(rx * ry) / np.sqrt(np.sum(rx * rx) * np.sum(ry * ry)), -1, 1))
 
@@ -583,9 +605,9 @@ def binned_performance(uncertainties, performance, num_bins: int = 10, *,
     >>> print(binned.performance.round(3).tolist(), binned.count.tolist())
     [0.9, 0.3] [2, 2]
   """
-  uncertainties = _checks.finite_vector(uncertainties, "uncertainties")
-  performance = _checks.finite_vector(performance, "performance")
-  n = _checks.same_length(uncertainties=uncertainties, performance=performance)
+  uncertainties = checks.finite_vector(uncertainties, "uncertainties")
+  performance = checks.finite_vector(performance, "performance")
+  n = checks.same_length(uncertainties=uncertainties, performance=performance)
   if int(num_bins) != num_bins or num_bins < 1:
     raise ValueError(f"num_bins must be a positive integer, got {num_bins}.")
   num_bins = int(num_bins)

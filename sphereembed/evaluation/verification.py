@@ -27,13 +27,13 @@ import jax
 import numpy as np
 
 from sphereembed import geometry
-from sphereembed.evaluation import calibration
-from sphereembed.evaluation import _checks
+from sphereembed.evaluation import calibration, checks
 
 __all__ = [
     "EnrolmentGallery",
     "RocCurve",
     "average_precision",
+    "average_ranks",
     "calibrate_threshold",
     "equal_error_rate",
     "precision_recall_curve",
@@ -46,9 +46,9 @@ __all__ = [
 
 
 def _scores_and_labels(scores, labels, *, both_classes: bool = True):
-  scores = _checks.vector(scores, "scores")
-  labels = _checks.binary(labels, "labels")
-  _checks.same_length(scores=scores, labels=labels)
+  scores = checks.vector(scores, "scores")
+  labels = checks.binary(labels, "labels")
+  checks.same_length(scores=scores, labels=labels)
   if both_classes and (labels.all() or not labels.any()):
     raise ValueError(
         "labels hold a single class; this metric needs both positives and negatives.")
@@ -66,8 +66,20 @@ def _cumulative_counts(scores: np.ndarray, labels: np.ndarray):
   return tps, fps, sorted_scores[last]
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-  """Ranks 1..N, tied values sharing the mean of their ranks (scipy's ``rankdata``)."""
+def average_ranks(x: np.ndarray) -> np.ndarray:
+  """Ranks 1..N, tied values sharing the mean of their ranks (scipy's ``rankdata``).
+
+  Args:
+    x: ``(N,)`` values (no NaN).
+
+  Returns:
+    ``(N,)`` float64 ranks in the order of ``x``.
+
+  Example:
+    >>> from sphereembed.evaluation.verification import average_ranks
+    >>> average_ranks([0.5, 0.1, 0.5, 0.9]).tolist()
+    [2.5, 1.0, 2.5, 4.0]
+  """
   _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
   ends = np.cumsum(counts)
   return (ends - (counts - 1) / 2.0)[inverse.reshape(-1)]
@@ -142,7 +154,7 @@ def roc_auc(scores, labels) -> float:
     0.875
   """
   scores, labels = _scores_and_labels(scores, labels)
-  ranks = _average_ranks(scores)
+  ranks = average_ranks(scores)
   num_positive = labels.sum()
   num_negative = len(labels) - num_positive
   u = ranks[labels].sum() - num_positive * (num_positive + 1) / 2.0
@@ -294,9 +306,9 @@ def equal_error_rate(scores, same) -> float:
 
 
 def _distances_and_same(distances, same):
-  distances = _checks.vector(distances, "distances")
-  same = _checks.binary(same, "same")
-  _checks.same_length(distances=distances, same=same)
+  distances = checks.vector(distances, "distances")
+  same = checks.binary(same, "same")
+  checks.same_length(distances=distances, same=same)
   if same.all() or not same.any():
     raise ValueError("same holds a single class; calibration needs same and different pairs.")
   return distances, same
@@ -382,9 +394,9 @@ def threshold_metrics(distances, same, threshold: float) -> dict[str, float]:
     >>> print({k: round(v, 2) for k, v in rates.items()})
     {'accuracy': 0.5, 'far': 0.5, 'frr': 0.5, 'tpr': 0.5}
   """
-  distances = _checks.vector(distances, "distances")
-  same = _checks.binary(same, "same")
-  _checks.same_length(distances=distances, same=same)
+  distances = checks.vector(distances, "distances")
+  same = checks.binary(same, "same")
+  checks.same_length(distances=distances, same=same)
   accepted = distances <= float(threshold)
   num_same, num_different = same.sum(), (~same).sum()
   tpr = (accepted & same).sum() / num_same if num_same else np.nan

@@ -66,12 +66,15 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from sphereembed import geometry
-from sphereembed.losses import _common
+from sphereembed.losses import checks, masks
 
 __all__ = [
     "REPULSIVE",
     "STRUCTURES",
     "batch_curvature",
+    "check_batch",
+    "check_repulsive",
+    "check_structure",
     "contrastive_embedding_hessian",
     "contrastive_hessian_matrix",
     "ggn_dense",
@@ -88,12 +91,14 @@ EmbedFn = Callable[[Any, jax.Array], jax.Array]
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _check_repulsive(repulsive: str) -> None:
+def check_repulsive(repulsive: str) -> None:
+  """Raises ``ValueError`` unless ``repulsive`` is one of :data:`REPULSIVE`."""
   if repulsive not in REPULSIVE:
     raise ValueError(f"Unknown repulsive option {repulsive!r}; expected one of {REPULSIVE}.")
 
 
-def _check_structure(structure: str) -> None:
+def check_structure(structure: str) -> None:
+  """Raises ``ValueError`` unless ``structure`` is one of :data:`STRUCTURES`."""
   if structure not in STRUCTURES:
     raise ValueError(f"Unknown structure {structure!r}; expected one of {STRUCTURES}.")
 
@@ -140,10 +145,10 @@ def contrastive_hessian_matrix(
     ...                            repulsive="clipped").tolist()
     [[0.0, -1.0, 1.0], [-1.0, 0.0, 1.0], [1.0, 1.0, -2.0]]
   """
-  _check_repulsive(repulsive)
-  embeddings = _common.check_embeddings(embeddings)
-  labels = _common.check_labels(labels, embeddings.shape[0])
-  positive, negative = _common.pair_masks(labels)
+  check_repulsive(repulsive)
+  embeddings = checks.check_embeddings(embeddings)
+  labels = checks.check_labels(labels, embeddings.shape[0])
+  positive, negative = masks.pair_masks(labels)
   dtype = embeddings.dtype
   coefficients = positive.astype(dtype)
   if repulsive != "positives":
@@ -198,7 +203,11 @@ def _embeddings(embed_fn: EmbedFn, params, inputs) -> jax.Array:
   return embeddings
 
 
-def _check_batch(inputs, labels) -> None:
+def check_batch(inputs, labels) -> None:
+  """Raises ``ValueError`` unless ``inputs`` (a pytree) and ``labels`` share a non-zero batch size.
+
+  The batch size is the leading dimension of the first leaf of ``inputs``.
+  """
   leaves = jax.tree_util.tree_leaves(inputs)
   if not leaves:
     raise ValueError("inputs must contain at least one array.")
@@ -250,8 +259,8 @@ def ggn_operator(
     >>> mv(jnp.array([[1.0, 0.0], [0.0, 0.0]])).tolist()
     [[1.0, 0.0], [-1.0, 0.0]]
   """
-  _check_repulsive(repulsive)
-  _check_batch(inputs, labels)
+  check_repulsive(repulsive)
+  check_batch(inputs, labels)
   embeddings, jvp_fn = jax.linearize(lambda p: _embeddings(embed_fn, p, inputs), params)
   matrix = contrastive_hessian_matrix(jax.lax.stop_gradient(embeddings), labels, margin=margin,
                                       repulsive=repulsive)
@@ -370,8 +379,8 @@ def ggn_diagonal(
     >>> ggn_diagonal(embed, jnp.eye(2), x, jnp.array([0, 0]), margin=1.0).tolist()
     [[1.0, 1.0], [1.0, 1.0]]
   """
-  _check_repulsive(repulsive)
-  _check_batch(inputs, labels)
+  check_repulsive(repulsive)
+  check_batch(inputs, labels)
   separate = repulsive == "separate"
 
   def accumulate(acc, rows, matrix):
@@ -426,8 +435,8 @@ def ggn_dense(
     >>> ggn_dense(embed, jnp.eye(2), x, jnp.array([0, 0]), margin=1.0)[0].tolist()
     [1.0, 0.0, -1.0, 0.0]
   """
-  _check_repulsive(repulsive)
-  _check_batch(inputs, labels)
+  check_repulsive(repulsive)
+  check_batch(inputs, labels)
   flat, _ = ravel_pytree(params)
   if flat.size > max_params:
     raise ValueError(f"the dense GGN of {flat.size} parameters exceeds max_params = "
@@ -477,6 +486,6 @@ def batch_curvature(
     ...                 structure="full").shape
     (4, 4)
   """
-  _check_structure(structure)
+  check_structure(structure)
   fn = ggn_diagonal if structure == "diagonal" else ggn_dense
   return fn(embed_fn, params, inputs, labels, margin=margin, repulsive=repulsive)

@@ -260,9 +260,13 @@ class LaplacePosterior:
   def sample(self, key: jax.Array, num_samples: int):
     """``num_samples`` weight samples: a pytree like ``mean`` with a leading axis.
 
-    Diagonal: ``mean + eps / sqrt(precision)``. Full: with the precision's
-    eigendecomposition ``V diag(lambda) V^T``, ``mean + V (eps / sqrt(lambda))``,
-    which has covariance ``precision^-1``.
+    Diagonal: ``mean + eps / sqrt(precision)``. Full: with the Cholesky
+    factor of the precision ``L L^T``, ``mean + L^-T eps``, which has
+    covariance ``precision^-1``. The factor is a continuous function of the
+    curvature, unlike the eigenvectors (arbitrary within a repeated
+    eigenvalue, as the prior-only directions of a low-rank curvature are):
+    curvatures that differ by float rounding (another device count, another
+    summation order) draw nearly the same weights from the same noise.
 
     Args:
       key: a JAX PRNG key.
@@ -297,15 +301,17 @@ class LaplacePosterior:
                  for m, s, k in zip(leaves, scales, keys)]
       return jax.tree_util.tree_unflatten(treedef, samples)
     flat_mean, unravel = ravel_pytree(self.mean)
-    values, vectors = self._eigh()
-    scale = jax.lax.rsqrt(jax.nn.relu(values) + self.prior_precision)
+    precision = self.precision()
+    cholesky = jnp.linalg.cholesky(0.5 * (precision + precision.T))
     noise = jax.random.normal(key, (num_samples, flat_mean.size), flat_mean.dtype)
-    flat = flat_mean + (noise * scale) @ vectors.T
+    # L^-T eps for every sample: one triangular solve with the noise as columns.
+    offsets = jax.scipy.linalg.solve_triangular(cholesky, noise.T, lower=True, trans="T").T
+    flat = flat_mean + offsets
     return jax.vmap(unravel)(flat.astype(flat_mean.dtype))
 
 
 def _check_structure_and_shapes(mean, curvature, prior_precision, structure):
-  ggn_lib._check_structure(structure)
+  ggn_lib.check_structure(structure)
   if jnp.ndim(prior_precision) != 0:
     raise ValueError(f"prior_precision must be a scalar, got shape {jnp.shape(prior_precision)}.")
   leaves = jax.tree_util.tree_leaves(mean)
@@ -361,7 +367,7 @@ def laplace_posterior(
     >>> post.precision()["w"].tolist()  # the negative entry is clipped at 0
     [4.0, 1.0]
   """
-  ggn_lib._check_structure(structure)
+  ggn_lib.check_structure(structure)
   if curvature is None:
     if structure == "diagonal":
       curvature = jax.tree_util.tree_map(jnp.zeros_like, mean)
@@ -556,8 +562,8 @@ def posthoc_laplace(
     >>> post.structure, post.precision()["w"].shape
     ('diagonal', (3, 2))
   """
-  ggn_lib._check_repulsive(repulsive)
-  ggn_lib._check_structure(structure)
+  ggn_lib.check_repulsive(repulsive)
+  ggn_lib.check_structure(structure)
   subset = _normalize_subset(subset)
   if not (isinstance(prior_precision, str) and prior_precision == "marglik"):
     if isinstance(prior_precision, str):
@@ -573,7 +579,7 @@ def posthoc_laplace(
   total = None
   for batch in batches:
     inputs, labels = _unpack_batch(batch)
-    ggn_lib._check_batch(inputs, labels)
+    ggn_lib.check_batch(inputs, labels)
     curvature = kernel(params, mean, inputs, jnp.asarray(labels))
     total = curvature if total is None else jax.tree_util.tree_map(jnp.add, total, curvature)
   if total is None:
@@ -694,7 +700,7 @@ def online_curvature(
   subset = _normalize_subset(subset)
   if subset is not None and params is None:
     raise ValueError("online_curvature needs the full params to merge samples of a subset into.")
-  ggn_lib._check_batch(inputs, labels)
+  ggn_lib.check_batch(inputs, labels)
   samples = jax.lax.stop_gradient(samples)
   base = None if params is None else jax.lax.stop_gradient(params)
   fn = _restricted(embed_fn, base, subset)

@@ -15,11 +15,14 @@ One family per module, all re-exported here:
   heads' likelihoods around the class centroids).
 
 Value checks that need concrete arrays are the ``validate_*`` helpers; losses
-run them automatically when called outside ``jit``.
+run them automatically when called outside ``jit``. They and the static
+``check_*`` helpers live in :mod:`sphereembed.losses.checks`, the label masks of
+pairs in :mod:`sphereembed.losses.masks`: public modules, for any code that
+takes embeddings and labels as the losses do.
 """
 
 from sphereembed.losses._centroids import ncl
-from sphereembed.losses._common import validate_embeddings, validate_labels, validate_weights
+from sphereembed.losses.checks import validate_embeddings, validate_labels, validate_weights
 from sphereembed.losses._hedged import (
     kl_mixture_to_standard_normal,
     kl_to_standard_normal,

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from sphereembed import geometry
-from sphereembed.losses import _common
+from sphereembed.losses import _common, checks
 
 __all__ = ["ncl"]
 
@@ -85,9 +85,9 @@ def ncl(
     >>> print(f"{ncl(x, jnp.array([0]), c):.4f}")
     -3.9270
   """
-  embeddings = _common.check_embeddings(embeddings)
+  embeddings = checks.check_embeddings(embeddings)
   batch_size, dtype = embeddings.shape[0], embeddings.dtype
-  centroids = _common.check_embeddings(centroids, "centroids")
+  centroids = checks.check_embeddings(centroids, "centroids")
   if centroids.shape[1] != embeddings.shape[1]:
     raise ValueError(
         f"centroids must have shape (K, {embeddings.shape[1]}) to match the embeddings, "
@@ -99,14 +99,14 @@ def ncl(
   if num_centroids == 0:
     raise ValueError("centroids must hold at least one centroid, got shape "
                      f"{centroids.shape}.")
-  labels = _common.check_labels(labels, batch_size, allow_multi_hot=False)
-  weights = _common.check_weights(weights, batch_size, dtype)
-  negative_weight = _common.check_scalar(negative_weight, "negative_weight", dtype)
+  labels = checks.check_labels(labels, batch_size, allow_multi_hot=False)
+  weights = checks.check_weights(weights, batch_size, dtype)
+  negative_weight = checks.check_scalar(negative_weight, "negative_weight", dtype)
   if metric not in geometry.METRICS:
     raise ValueError(f"Unknown metric {metric!r}; expected one of {geometry.METRICS}.")
-  _common.validate_if_concrete(embeddings, labels, weights, num_classes=num_centroids)
-  if _common.is_concrete(centroids):
-    _common.validate_embeddings(centroids, "centroids")
+  checks.validate_if_concrete(embeddings, labels, weights, num_classes=num_centroids)
+  if checks.is_concrete(centroids):
+    checks.validate_embeddings(centroids, "centroids")
 
   centroids = jax.lax.stop_gradient(centroids)
   distances = geometry.pairwise_distances(embeddings, centroids, metric=metric)  # (B, K)

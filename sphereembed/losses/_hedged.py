@@ -70,7 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sphereembed.losses import _common
+from sphereembed.losses import _common, checks
 
 __all__ = [
     "kl_mixture_to_standard_normal",
@@ -103,8 +103,8 @@ def _check_floating(x, name: str, ndims: tuple[int, ...]) -> jax.Array:
 
 def _validate_finite(x, name: str) -> None:
   """Value check outside ``jit``: NaN or infinite entries raise ``ValueError``."""
-  if x is not None and _common.is_concrete(x):
-    _common.validate_embeddings(x, name)
+  if x is not None and checks.is_concrete(x):
+    checks.validate_embeddings(x, name)
 
 
 def _check_sample_pair(z1, z2):
@@ -126,8 +126,8 @@ def _check_sample_pair(z1, z2):
 
 
 def _check_ab(a, b, dtype):
-  a = _common.check_scalar(a, "a", dtype)
-  b = _common.check_scalar(b, "b", dtype)
+  a = checks.check_scalar(a, "a", dtype)
+  b = checks.check_scalar(b, "b", dtype)
   _validate_finite(a, "a")
   _validate_finite(b, "b")
   return a, b
@@ -141,7 +141,7 @@ def _check_targets(is_same, num_pairs: int, dtype) -> jax.Array:
   if not (is_same.dtype == jnp.bool_ or jnp.issubdtype(is_same.dtype, jnp.integer)
           or jnp.issubdtype(is_same.dtype, jnp.floating)):
     raise ValueError(f"is_same must be bool, integer or float 0/1, got dtype {is_same.dtype}.")
-  if _common.is_concrete(is_same):
+  if checks.is_concrete(is_same):
     values = np.asarray(is_same)
     if not np.all((values == 0) | (values == 1)):
       raise ValueError("is_same must contain only 0 and 1 (or False/True).")
@@ -170,7 +170,7 @@ def _check_mixture(means, log_sigmas, mixture_weights, suffix: str, ndims=(2, 3)
     if not jnp.issubdtype(mixture_weights.dtype, jnp.floating):
       raise ValueError(f"mixture_weights{suffix} must be floating, got {mixture_weights.dtype}.")
     mixture_weights = mixture_weights.astype(means.dtype)
-    if _common.is_concrete(mixture_weights):
+    if checks.is_concrete(mixture_weights):
       values = np.asarray(mixture_weights, np.float64)
       if (not np.all(np.isfinite(values)) or np.any(values < 0)
           or not np.allclose(values.sum(-1), 1.0, rtol=0, atol=1e-5)):
@@ -252,7 +252,7 @@ def match_probability(z1_samples: jax.Array, z2_samples: jax.Array, a, b) -> jax
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sphereembed.losses._hedged import match_probability
+    >>> from sphereembed.losses import match_probability
     >>> z1 = jnp.array([[0.0, 0.0], [2.0, 0.0]])
     >>> z2 = jnp.array([[0.0, 0.0]])
     >>> # distances 0 and 2: (sigmoid(1) + sigmoid(-1)) / 2 = 0.5.
@@ -297,7 +297,7 @@ def self_mismatch(z_samples: jax.Array, a, b) -> jax.Array:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sphereembed.losses._hedged import self_mismatch
+    >>> from sphereembed.losses import self_mismatch
     >>> point = jnp.array([[0.3, -1.0]])  # K = 1
     >>> print(f"{self_mismatch(point, 1.0, 2.0):.4f}")  # 1 - sigmoid(2)
     0.1192
@@ -343,7 +343,7 @@ def kl_to_standard_normal(mean: jax.Array, log_sigma: jax.Array) -> jax.Array:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sphereembed.losses._hedged import kl_to_standard_normal
+    >>> from sphereembed.losses import kl_to_standard_normal
     >>> # 0.5 * (1 + 1 - 1 - 0) for the mean (1, 0) and unit sigma.
     >>> print(f"{kl_to_standard_normal(jnp.array([1.0, 0.0]), jnp.zeros(2)):.4f}")
     0.5000
@@ -428,7 +428,7 @@ def kl_mixture_to_standard_normal(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sphereembed.losses._hedged import kl_mixture_to_standard_normal
+    >>> from sphereembed.losses import kl_mixture_to_standard_normal
     >>> means, log_sigmas = jnp.array([[-1.0], [1.0]]), jnp.zeros((2, 1))  # 1-D MoG-2
     >>> # One sample at 0: log p(0) - log N(0; 0, 1) = log N(0; 1, 1) - log N(0; 0, 1).
     >>> z = jnp.array([[0.0]])
@@ -510,7 +510,7 @@ def sample_mixture(
   Example:
     >>> import jax
     >>> import jax.numpy as jnp
-    >>> from sphereembed.losses._hedged import sample_mixture
+    >>> from sphereembed.losses import sample_mixture
     >>> means = jnp.array([[-5.0, 0.0], [5.0, 0.0]])  # C = 2
     >>> z = sample_mixture(jax.random.key(0), means, jnp.full((2, 2), -3.0), 8)
     >>> print(z.shape, [int(v) for v in jnp.round(z[:, 0])])
@@ -611,7 +611,7 @@ def soft_contrastive_loss(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sphereembed.losses._hedged import soft_contrastive_loss
+    >>> from sphereembed.losses import soft_contrastive_loss
     >>> z1 = jnp.zeros((2, 1, 2))  # two pairs of point embeddings
     >>> z2 = jnp.array([[[0.0, 0.0]], [[3.0, 4.0]]])
     >>> # match logits 2 (same: -log sigmoid(2)) and -3 (different: -log sigmoid(3)).
@@ -625,9 +625,9 @@ def soft_contrastive_loss(
   _check_estimator(estimator)
   num_pairs, dtype = z1.shape[0], z1.dtype
   targets = _check_targets(is_same, num_pairs, dtype)
-  weights = _common.check_weights(weights, num_pairs, dtype)
-  if weights is not None and _common.is_concrete(weights):
-    _common.validate_weights(weights)
+  weights = checks.check_weights(weights, num_pairs, dtype)
+  if weights is not None and checks.is_concrete(weights):
+    checks.validate_weights(weights)
   a, b = _check_ab(a, b, dtype)
   return _soft_kernel(z1, z2, targets, a, b, weights, estimator)
 
@@ -739,7 +739,7 @@ def vib_match_loss(
   Example:
     >>> import jax
     >>> import jax.numpy as jnp
-    >>> from sphereembed.losses._hedged import vib_match_loss
+    >>> from sphereembed.losses import vib_match_loss
     >>> mu1 = jnp.array([[0.0, 0.0], [0.0, 0.0]])
     >>> mu2 = jnp.array([[0.1, 0.0], [4.0, 0.0]])
     >>> log_sigma = jnp.full((2, 2), -2.0)
@@ -765,12 +765,12 @@ def vib_match_loss(
   num_samples = _check_num_samples(num_samples)
   num_pairs, dtype = means1.shape[0], means1.dtype
   targets = _check_targets(is_same, num_pairs, dtype)
-  weights = _common.check_weights(weights, num_pairs, dtype)
-  if weights is not None and _common.is_concrete(weights):
-    _common.validate_weights(weights)
+  weights = checks.check_weights(weights, num_pairs, dtype)
+  if weights is not None and checks.is_concrete(weights):
+    checks.validate_weights(weights)
   a, b = _check_ab(a, b, dtype)
-  beta = _common.check_scalar(beta, "beta", dtype)
-  if _common.is_concrete(beta) and not float(beta) >= 0:
+  beta = checks.check_scalar(beta, "beta", dtype)
+  if checks.is_concrete(beta) and not float(beta) >= 0:
     raise ValueError(f"beta must be finite and non-negative, got {float(beta)}.")
   stochastic = log_sigmas1 is not None or log_sigmas2 is not None
   if stochastic and key is None:

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from sphereembed import geometry
-from sphereembed.losses import _common
+from sphereembed.losses import _common, checks, masks
 
 __all__ = ["contrastive", "siamese_cosine_bce", "siamese_l1_bce"]
 
@@ -52,7 +52,7 @@ def _euclidean_contrastive_sum(embeddings, sample_weights, labels, margin):
   usual.
   """
   squared = geometry.pairwise_distances(embeddings, metric="squared_euclidean")
-  same = _common.positive_mask(labels)
+  same = masks.positive_mask(labels)
   terms = _contrastive_terms(squared, geometry.safe_sqrt(squared), same, margin)
   return jnp.sum(_pair_weights(sample_weights) * terms)
 
@@ -64,7 +64,7 @@ def _euclidean_contrastive_sum_jvp(primals, tangents):
   batch_size = embeddings.shape[0]
   squared = geometry.pairwise_distances(embeddings, metric="squared_euclidean")
   distances = geometry.safe_sqrt(squared)
-  same = _common.positive_mask(labels)
+  same = masks.positive_mask(labels)
   pair_weights = _pair_weights(sample_weights)
   terms = _contrastive_terms(squared, distances, same, margin)
   gap = jax.nn.relu(margin - distances)
@@ -174,16 +174,16 @@ def contrastive(
     >>> print(f"{contrastive(x, jnp.array([0, 0, 1]), margin=1.0):.4f}")
     0.0667
   """
-  embeddings = _common.check_embeddings(embeddings)
+  embeddings = checks.check_embeddings(embeddings)
   batch_size, dtype = embeddings.shape[0], embeddings.dtype
-  labels = _common.check_labels(labels, batch_size)
-  weights = _common.check_weights(weights, batch_size, dtype)
-  margin = _common.check_scalar(margin, "margin", dtype)
+  labels = checks.check_labels(labels, batch_size)
+  weights = checks.check_weights(weights, batch_size, dtype)
+  margin = checks.check_scalar(margin, "margin", dtype)
   if metric not in geometry.METRICS:
     raise ValueError(f"Unknown metric {metric!r}; expected one of {geometry.METRICS}.")
-  _common.validate_if_concrete(embeddings, labels, weights)
+  checks.validate_if_concrete(embeddings, labels, weights)
 
-  same = _common.positive_mask(labels)
+  same = masks.positive_mask(labels)
   # Pair losses and pair weights are symmetric, so the mean over i < j equals
   # the mean over all i != j, which needs no triangular mask.
   sample_weights = jnp.ones((batch_size,), dtype) if weights is None else weights
@@ -210,8 +210,8 @@ def contrastive(
 
 def _check_pairs(embeddings1, embeddings2, is_same, weights):
   """Static checks of the siamese inputs; value checks when concrete."""
-  embeddings1 = _common.check_embeddings(embeddings1, "embeddings1")
-  embeddings2 = _common.check_embeddings(embeddings2, "embeddings2")
+  embeddings1 = checks.check_embeddings(embeddings1, "embeddings1")
+  embeddings2 = checks.check_embeddings(embeddings2, "embeddings2")
   if embeddings1.shape != embeddings2.shape:
     raise ValueError(
         f"embeddings1 and embeddings2 must have the same shape (N, D), got "
@@ -227,21 +227,21 @@ def _check_pairs(embeddings1, embeddings2, is_same, weights):
   if not (is_same.dtype == jnp.bool_ or jnp.issubdtype(is_same.dtype, jnp.integer)
           or jnp.issubdtype(is_same.dtype, jnp.floating)):
     raise ValueError(f"is_same must be bool, integer or float 0/1, got dtype {is_same.dtype}.")
-  weights = _common.check_weights(weights, num_pairs, dtype)
+  weights = checks.check_weights(weights, num_pairs, dtype)
   for name, array in (("embeddings1", embeddings1), ("embeddings2", embeddings2)):
-    if _common.is_concrete(array):
-      _common.validate_embeddings(array, name)
-  if _common.is_concrete(is_same):
+    if checks.is_concrete(array):
+      checks.validate_embeddings(array, name)
+  if checks.is_concrete(is_same):
     values = np.asarray(is_same)
     if not np.all((values == 0) | (values == 1)):
       raise ValueError("is_same must contain only 0 and 1 (or False/True).")
-  if weights is not None and _common.is_concrete(weights):
-    _common.validate_weights(weights)
+  if weights is not None and checks.is_concrete(weights):
+    checks.validate_weights(weights)
   return embeddings1, embeddings2, is_same.astype(dtype), weights
 
 
 def _validate_finite(value, name):
-  if _common.is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+  if checks.is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
     raise ValueError(f"{name} contains NaN or infinite values.")
 
 
@@ -322,7 +322,7 @@ def siamese_l1_bce(
   if not jnp.issubdtype(weight.dtype, jnp.floating):
     raise ValueError(f"weight must have a floating dtype, got {weight.dtype}.")
   weight = weight.astype(dtype)
-  bias = _common.check_scalar(bias, "bias", dtype)
+  bias = checks.check_scalar(bias, "bias", dtype)
   _validate_finite(weight, "weight")
   _validate_finite(bias, "bias")
 
@@ -402,8 +402,8 @@ def siamese_cosine_bce(
   embeddings1, embeddings2, targets, weights = _check_pairs(
       embeddings1, embeddings2, is_same, weights)
   dtype = embeddings1.dtype
-  scale = _common.check_scalar(scale, "scale", dtype)
-  bias = _common.check_scalar(bias, "bias", dtype)
+  scale = checks.check_scalar(scale, "scale", dtype)
+  bias = checks.check_scalar(bias, "bias", dtype)
   _validate_finite(scale, "scale")
   _validate_finite(bias, "bias")
 

@@ -23,27 +23,27 @@ import jax
 import jax.numpy as jnp
 
 from sphereembed.distributions import vmf_log_normalizer
-from sphereembed.losses import _common
+from sphereembed.losses import _common, checks
 
 __all__ = ["gaussian_nll", "vmf_nll"]
 
 
 def _check_centroid_inputs(embeddings, labels, centroids, weights):
   """Shared static checks; returns the converted arrays."""
-  embeddings = _common.check_embeddings(embeddings)
+  embeddings = checks.check_embeddings(embeddings)
   batch_size, dim = embeddings.shape
-  centroids = _common.check_embeddings(centroids, "centroids")
+  centroids = checks.check_embeddings(centroids, "centroids")
   if centroids.shape[1] != dim or centroids.shape[0] == 0:
     raise ValueError(f"centroids must have shape (K >= 1, {dim}) to match the embeddings, "
                      f"got {centroids.shape}.")
   if centroids.dtype != embeddings.dtype:
     raise ValueError(f"centroids must have the dtype of the embeddings ({embeddings.dtype}), "
                      f"got {centroids.dtype}.")
-  labels = _common.check_labels(labels, batch_size, allow_multi_hot=False)
-  weights = _common.check_weights(weights, batch_size, embeddings.dtype)
-  _common.validate_if_concrete(embeddings, labels, weights, num_classes=centroids.shape[0])
-  if _common.is_concrete(centroids):
-    _common.validate_embeddings(centroids, "centroids")
+  labels = checks.check_labels(labels, batch_size, allow_multi_hot=False)
+  weights = checks.check_weights(weights, batch_size, embeddings.dtype)
+  checks.validate_if_concrete(embeddings, labels, weights, num_classes=centroids.shape[0])
+  if checks.is_concrete(centroids):
+    checks.validate_embeddings(centroids, "centroids")
   return embeddings, labels, centroids, weights
 
 
@@ -57,8 +57,8 @@ def _per_sample(values, name, batch_size, dtype, extra_shapes=()):
     raise ValueError(f"{name} must have a floating dtype, got {values.dtype}.")
   if values.dtype != dtype:
     raise ValueError(f"{name} must have the dtype of the embeddings ({dtype}), got {values.dtype}.")
-  if _common.is_concrete(values):
-    _common.validate_embeddings(values, name)
+  if checks.is_concrete(values):
+    checks.validate_embeddings(values, name)
   return values
 
 
@@ -121,7 +121,7 @@ def vmf_nll(
       embeddings, labels, centroids, weights)
   batch_size, dim = embeddings.shape
   kappa = _per_sample(kappa, "kappa", batch_size, embeddings.dtype)
-  if _common.is_concrete(kappa) and bool(jnp.any(kappa < 0)):
+  if checks.is_concrete(kappa) and bool(jnp.any(kappa < 0)):
     raise ValueError("kappa must be non-negative.")
   if not embedding_gradient:
     embeddings = jax.lax.stop_gradient(embeddings)

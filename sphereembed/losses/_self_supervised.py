@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from sphereembed import geometry
-from sphereembed.losses import _common
+from sphereembed.losses import _common, checks, masks
 
 __all__ = ["ntxent"]
 
@@ -94,19 +94,19 @@ def ntxent(
     >>> bool(jnp.allclose(ntxent(views, labels, temperature=0.5), simclr))
     True
   """
-  embeddings = _common.check_embeddings(embeddings)
+  embeddings = checks.check_embeddings(embeddings)
   batch_size, dtype = embeddings.shape[0], embeddings.dtype
-  labels = _common.check_labels(labels, batch_size)
-  weights = _common.check_weights(weights, batch_size, dtype)
-  temperature = _common.check_scalar(temperature, "temperature", dtype)
-  _common.validate_if_concrete(embeddings, labels, weights)
-  if _common.is_concrete(temperature) and not float(temperature) > 0:
+  labels = checks.check_labels(labels, batch_size)
+  weights = checks.check_weights(weights, batch_size, dtype)
+  temperature = checks.check_scalar(temperature, "temperature", dtype)
+  checks.validate_if_concrete(embeddings, labels, weights)
+  if checks.is_concrete(temperature) and not float(temperature) > 0:
     raise ValueError(f"temperature must be positive, got {float(temperature)}.")
 
   similarities = geometry.self_gram(embeddings)
   logits = similarities / temperature
   others = ~jnp.eye(batch_size, dtype=bool)
-  positives, _ = _common.pair_masks(labels)
+  positives, _ = masks.pair_masks(labels)
 
   # log-softmax over k != i, shifted by the row's largest off-diagonal logit.
   lowest = jnp.finfo(dtype).min

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from sphereembed import geometry
-from sphereembed.losses import _common
+from sphereembed.losses import _common, checks, masks
 
 Reduction = Literal["mean_active", "mean", "sum"]
 
@@ -77,19 +77,19 @@ def _row_searchsorted(sorted_keys: jax.Array, query_keys: jax.Array, side: str) 
 
 def _distances_and_masks(embeddings, labels, metric):
   distances = geometry.pairwise_distances(embeddings, metric=metric)
-  positives, negatives = _common.pair_masks(labels)
+  positives, negatives = masks.pair_masks(labels)
   return distances, positives, negatives
 
 
 def _check_inputs(embeddings, labels, weights, margin, reduction=None):
-  embeddings = _common.check_embeddings(embeddings)
-  labels = _common.check_labels(labels, embeddings.shape[0])
-  weights = _common.check_weights(weights, embeddings.shape[0], embeddings.dtype)
+  embeddings = checks.check_embeddings(embeddings)
+  labels = checks.check_labels(labels, embeddings.shape[0])
+  weights = checks.check_weights(weights, embeddings.shape[0], embeddings.dtype)
   if reduction is not None and reduction not in ("mean_active", "mean", "sum"):
     raise ValueError(f"reduction must be 'mean_active', 'mean' or 'sum', got {reduction!r}.")
   if not isinstance(margin, jax.core.Tracer) and jnp.ndim(margin) != 0:
     raise ValueError(f"margin must be a scalar, got shape {jnp.shape(margin)}.")
-  _common.validate_if_concrete(embeddings, labels, weights)
+  checks.validate_if_concrete(embeddings, labels, weights)
   return embeddings, labels, weights
 
 

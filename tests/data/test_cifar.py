@@ -11,11 +11,12 @@ import warnings
 import numpy as np
 import pytest
 
-from sphereembed.data import ClassBalancedSampler, ShuffledSampler, sources
+from sphereembed.data import ClassBalancedSampler, ShuffledSampler, cifar, sources
 from sphereembed.data.cifar import (
     CIFAR_ARCHIVES,
     CIFAR_URL,
     augment_batch,
+    augment_rng,
     load_cifar,
     load_cifar_folder,
     load_png_samples,
@@ -268,6 +269,46 @@ def test_augmentation_depends_on_seed_and_step_only():
     random_crop_flip(images, np.random.default_rng(0), padding=-1)
   with pytest.raises(ValueError, match="B, H, W, C"):
     random_crop_flip(images[0], np.random.default_rng(0))
+
+
+def test_augment_rng_is_the_generator_of_augment_batch():
+  images = np.random.default_rng(0).integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(random_crop_flip(images, augment_rng(3, 7)),
+                                augment_batch(images, seed=3, step=7))
+  stream = cifar._AUGMENT_STREAM  # pylint: disable=protected-access
+  np.testing.assert_array_equal(augment_rng(3, 7).integers(0, 2**31, size=16),
+                                np.random.default_rng([3, 7, stream]).integers(0, 2**31, size=16))
+  assert not np.array_equal(augment_rng(3, 7).random(4), augment_rng(3, 8).random(4))
+  # Apart from the samplers' default_rng([seed, epoch]) streams.
+  assert not np.array_equal(augment_rng(3, 7).random(4), np.random.default_rng([3, 7]).random(4))
+  with pytest.raises(ValueError, match=">= 0"):
+    augment_rng(0, -1)
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+@pytest.mark.parametrize("start_step", [0, 1, 5, 13])
+def test_train_batches_number_steps_as_the_training_loop(tmp_path, balanced, start_step):
+  # The training loop runs step start_step + 1 first after start_step (1-based
+  # steps), on the sampler's batch start_step, augmented from [seed, step].
+  write_fake_cifar(tmp_path, num_train=50, num_test=10)
+  train = load_cifar("cifar10", tmp_path).train
+  sampler = (ClassBalancedSampler(train.labels, 4, 3, seed=1) if balanced
+             else ShuffledSampler(len(train), 8, seed=1, drop_remainder=True))
+  seed = 5
+  first = next(train_batches(train, sampler, seed=seed, start_step=start_step))
+  raw = next(train_batches(train, sampler, seed=seed, start_step=start_step, augment=False))
+  indices = next(sampler.iterate(start_step))
+  np.testing.assert_array_equal(raw["image"], train.images[indices])
+  np.testing.assert_array_equal(first["label"], train.labels[indices])
+  np.testing.assert_array_equal(first["image"],
+                                augment_batch(raw["image"], seed=seed, step=start_step + 1))
+  assert not np.array_equal(first["image"], augment_batch(raw["image"], seed=seed, step=start_step))
+  # And every later batch i (from 0) is step start_step + 1 + i.
+  batches = train_batches(train, sampler, seed=seed, start_step=start_step)
+  for i, indices in zip(range(4), sampler.iterate(start_step)):
+    np.testing.assert_array_equal(
+        next(batches)["image"],
+        augment_batch(train.images[indices], seed=seed, step=start_step + 1 + i))
 
 
 @pytest.mark.parametrize("balanced", [False, True])

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss
 
-from sphereembed.evaluation import calibration
-from sphereembed.evaluation import _checks
+from sphereembed.evaluation import calibration, checks
 
 
 def ref_ece_mce(confidences, correct, num_bins):
@@ -215,8 +214,8 @@ def test_bad_input_raises_value_error(call, message):
 
 
 def test_count_rounding():
-  assert _checks.count(0.07, 100) == 7
+  assert checks.count(0.07, 100) == 7
   assert math.ceil(0.07 * 100) == 8  # why the rounding is needed
-  assert _checks.count(0.95, 20) == 19
-  assert _checks.count(0.951, 20) == 20
-  assert _checks.count(1e-9, 5) == 1
+  assert checks.count(0.95, 20) == 19
+  assert checks.count(0.951, 20) == 20
+  assert checks.count(1e-9, 5) == 1

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sphereembed.losses._hedged import (
+from sphereembed.losses import (
     kl_mixture_to_standard_normal,
     kl_to_standard_normal,
     match_probability,

@@ -25,8 +25,7 @@ import optax
 from sphereembed.models import SmallCNN
 from sphereembed.models.resnet import CifarResNet
 from sphereembed.training import sharding
-from sphereembed.training.state import create_train_state
-from sphereembed.training.steps import LossSpec, train_step
+from sphereembed.methods.centroid import LossSpec, create_train_state, train_step
 
 NUM_CLASSES = 6
 CLASSES_PER_BATCH, SAMPLES_PER_CLASS = 4, 4  # P x K = 16: 2 examples per device on 8
@@ -80,7 +79,7 @@ def ncl_run(mesh=None) -> dict[str, np.ndarray]:
   out["loss"] = np.stack(loss_values)
   out["alpha"] = np.asarray(metrics["alpha"])
   out.update(_flatten("params", state.params))
-  out["centroids"] = np.asarray(state.centroids)
+  out["centroids"] = np.asarray(state.extras["centroids"])
   out["adam_mu"] = np.concatenate(
       [np.ravel(x) for x in jax.tree_util.tree_leaves(state.opt_state[0].mu)])
   if mesh is not None:
@@ -110,7 +109,7 @@ def resnet_run(mesh=None) -> dict[str, np.ndarray]:
     state, metrics = train_step(state, batch, spec)
     loss_values.append(np.asarray(metrics["loss"]))
   params, batch_stats = state.params, state.batch_stats
-  out = {"loss": np.stack(loss_values), "centroids": np.asarray(state.centroids)}
+  out = {"loss": np.stack(loss_values), "centroids": np.asarray(state.extras["centroids"])}
   if mesh is None or mesh.size == 1:
     # What per-device statistics (pmap without a cross-replica mean) would
     # give: the statistics of one device's 2 examples instead of all 16.

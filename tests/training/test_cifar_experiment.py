@@ -22,8 +22,11 @@ import pytest
 
 from sphereembed.data import DataNotFoundError
 from sphereembed.data.cifar import augment_batch
-from sphereembed.training import config as config_lib
-from sphereembed.training import loop
+from sphereembed import methods
+from sphereembed.methods import centroid
+from sphereembed.runner import train_and_evaluate
+from sphereembed.training import builders
+from sphereembed.training import engine
 from tests.data.fake_cifar import write_fake_cifar
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -54,7 +57,7 @@ def _command(args, *, devices=1, cwd=ROOT):
 
 def _final_checkpoint(workdir, step=None):
   """``(step, state dict)`` of the checkpoint of ``step`` (default: the last one)."""
-  folder = os.path.join(workdir, "checkpoints")
+  folder = os.path.join(workdir, "checkpoints", "train")
   if step is None:
     step = max(int(s) for s in os.listdir(folder) if s.isdigit())
   path = os.path.join(folder, str(step), "default")
@@ -118,7 +121,7 @@ def test_tiny_resnet_run_writes_its_outputs_and_learns(runs):
   stats = _flat(arrays["batch_stats"])
   assert len(stats) == 2 * 20  # mean and var of the ResNet-18's 20 batch norms
   assert any(np.any(v != 0) for k, v in stats.items() if k.endswith("['mean']"))
-  np.testing.assert_allclose(np.linalg.norm(arrays["centroids"], axis=1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(arrays["extras"]["centroids"], axis=1), 1.0, atol=1e-5)
 
 
 def test_two_devices_give_the_result_of_one(runs):
@@ -160,7 +163,7 @@ def test_unknown_config_key_fails_before_training(tmp_path):
 
 
 def _small_config(data_dir, **overrides):
-  config = config_lib.cifar_config("cifar10", 8)
+  config = centroid.cifar_config("cifar10", 8)
   config.update(dict(data_dir=data_dir, width=1 / 16, num_epochs=2, batch_size=40, warmup_steps=2,
                      alpha_every=5.0, log_every_steps=2, checkpoint_every_steps=4,
                      eval_every_steps=100, eval_batch_size=25, figures=False, tensorboard=False))
@@ -172,7 +175,7 @@ def test_missing_data_names_the_ways_to_provide_it(tmp_path, monkeypatch):
   monkeypatch.setenv("SPHEREEMBED_DATA_DIR", str(tmp_path / "empty"))
   config = _small_config(str(tmp_path / "nowhere"), dataset="cifar100")
   with pytest.raises(DataNotFoundError) as info:
-    loop.train_and_evaluate(config, str(tmp_path / "work"))
+    train_and_evaluate(config, str(tmp_path / "work"))
   message = str(info.value)
   for needle in ("does not hold cifar100", "cifar-100-python/", "cifar-100-python.tar.gz",
                  "--config.data_dir", "SPHEREEMBED_DATA_DIR", "--config.download=True",
@@ -182,10 +185,10 @@ def test_missing_data_names_the_ways_to_provide_it(tmp_path, monkeypatch):
 
 def test_interrupted_run_resumes_to_the_same_result(cifar_dir, tmp_path, monkeypatch):
   config = _small_config(cifar_dir)
-  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = train_and_evaluate(config, str(tmp_path / "straight"))
 
   calls = {"n": 0}
-  real_step = loop.train_step
+  real_step = centroid.train_step
 
   def crashing_step(*args, **kwargs):
     calls["n"] += 1
@@ -193,14 +196,14 @@ def test_interrupted_run_resumes_to_the_same_result(cifar_dir, tmp_path, monkeyp
       raise KeyboardInterrupt("simulated preemption")
     return real_step(*args, **kwargs)
 
-  monkeypatch.setattr(loop, "train_step", crashing_step)
+  monkeypatch.setattr(centroid, "train_step", crashing_step)
   with pytest.raises(KeyboardInterrupt):
-    loop.train_and_evaluate(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(loop, "train_step", real_step)
+    train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(centroid, "train_step", real_step)
   assert _final_checkpoint(str(tmp_path / "resumed"))[0] == 4
-  resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
 
-  assert resumed["resumed_from_step"] == 4
+  assert resumed["resumed_from_step"] == {"train": 4}
   assert resumed["test_accuracy"] == straight["test_accuracy"]
   assert resumed["test_accuracy_at_80"] == straight["test_accuracy_at_80"]
   a = _flat(_final_checkpoint(str(tmp_path / "straight"))[1])
@@ -230,34 +233,34 @@ def test_crop_flip_is_a_function_of_seed_and_step():
     (dict(prefetch_batches=0), "prefetch_batches must be > 0"),
 ])
 def test_validate_config_rejects_bad_cifar_fields(overrides, match):
-  config = config_lib.cifar_config("cifar100", 4)
+  config = centroid.cifar_config("cifar100", 4)
   config.update(overrides)
   with pytest.raises(ValueError, match=match):
-    config_lib.validate_config(config)
+    methods.validate_config(config)
 
 
 def test_cifar_config_rejects_bad_arguments():
   with pytest.raises(ValueError, match="cifar10' or 'cifar100"):
-    config_lib.cifar_config("svhn", 4)
+    centroid.cifar_config("svhn", 4)
   with pytest.raises(ValueError, match="embedding_dim"):
-    config_lib.cifar_config("cifar10", 1)
+    centroid.cifar_config("cifar10", 1)
   with pytest.raises(ValueError, match="loss must be one of"):
-    config_lib.cifar_config("cifar10", 4, loss="arcface")
+    centroid.cifar_config("cifar10", 4, loss="arcface")
 
 
 def test_more_devices_than_exist_or_an_indivisible_batch_is_refused(cifar_dir, tmp_path):
   with pytest.raises(ValueError, match="local device"):
-    loop.train_and_evaluate(_small_config(cifar_dir, num_devices=jax.local_device_count() + 1),
+    train_and_evaluate(_small_config(cifar_dir, num_devices=jax.local_device_count() + 1),
                             str(tmp_path / "a"))
   if jax.local_device_count() > 1:
     with pytest.raises(ValueError, match="does not split over"):
-      loop.train_and_evaluate(_small_config(cifar_dir, batch_size=jax.local_device_count() + 1),
+      train_and_evaluate(_small_config(cifar_dir, batch_size=jax.local_device_count() + 1),
                               str(tmp_path / "b"))
 
 
 def test_sgd_decays_the_kernels_only():
-  config = config_lib.validate_config(config_lib.cifar_config("cifar10", 4))
-  tx = loop._make_optimizer(config, 100)  # pylint: disable=protected-access
+  config = methods.validate_config(centroid.cifar_config("cifar10", 4))
+  tx = builders.make_optimizer(config, 100)  # pylint: disable=protected-access
   params = {"conv": {"kernel": np.ones((3, 3, 1, 2)), "bias": np.ones(2)},
             "bn": {"scale": np.ones(2)}}
   zeros = jax.tree_util.tree_map(np.zeros_like, params)
@@ -270,16 +273,18 @@ def test_sgd_decays_the_kernels_only():
 
 
 def test_runs_from_before_the_new_fields_still_resume(tmp_path):
-  config = config_lib.validate_config(config_lib.default_config())
+  config = methods.validate_config(methods.default_config())
   old = config.to_dict()
   for field in ("model", "width", "dtype", "augment", "optimizer", "momentum", "nesterov",
                 "num_devices", "prefetch_batches"):
     del old[field]  # a config.json written before these fields existed
   (tmp_path / "config.json").write_text(json.dumps(old, default=list))
-  loop._check_resumable(config, str(tmp_path))  # pylint: disable=protected-access
+  check = lambda config: engine.check_resumable(
+      config, str(tmp_path), defaults=methods.default_config().to_dict(),
+      resume_safe=methods.base.resume_safe_fields("centroid"))
+  check(config)
   (tmp_path / "config.json").write_text(json.dumps(old, default=list))
-  changed = config_lib.default_config()
+  changed = methods.default_config()
   changed.model = "resnet18"
   with pytest.raises(ValueError, match=r"different config \(fields \['model'\]\)"):
-    loop._check_resumable(  # pylint: disable=protected-access
-        config_lib.validate_config(changed), str(tmp_path))
+    check(methods.validate_config(changed))

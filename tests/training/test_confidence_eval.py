@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from sphereembed.training import confidence_eval
+from sphereembed.evaluation.protocols import confidence as confidence_eval
 
 
 def _outputs(rng, labels, centroids, noise, ood=False):

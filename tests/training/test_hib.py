@@ -11,9 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import optax
+
 from sphereembed import losses
+from sphereembed import methods
+from sphereembed.evaluation.protocols import verification
+from sphereembed.methods import hib
 from sphereembed.models.hib import HIBEmbedding, inverse_softplus
-from sphereembed.training import hib
+from sphereembed.runner import train_and_evaluate
 from tests.training.fake_data import write_fake_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -36,7 +41,7 @@ SMALL = dict(num_train=400, num_test=200, features=(4, 8), hidden=16, classes_pe
 
 
 def small_config(data_dir, **overrides):
-  config = hib.default_hib_config()
+  config = methods.default_config("hib")
   config.update(dict(SMALL, data_dir=data_dir))
   config.update(overrides)
   return config
@@ -81,10 +86,10 @@ def test_model_starts_at_the_configured_sigma_a_and_b():
 
 def test_point_embedding_self_mismatch_is_one_minus_sigmoid_b():
   model = HIBEmbedding(2, 0, features=(4,), hidden=8, match_b_init=1.3)
-  tx = hib.optax.adam(1e-3)
+  tx = optax.adam(1e-3)
   state = hib.create_hib_state(model, tx, jax.random.PRNGKey(0), _images(1))
   outputs = hib.embed_images(state, _images(7), batch_size=4)
-  samples = hib._samples(jax.random.PRNGKey(1), outputs, num_samples=8)
+  samples = verification._samples(jax.random.PRNGKey(1), outputs, num_samples=8)
   assert samples.shape == (7, 1, 2)  # a point is its only sample
   eta = losses.self_mismatch(samples, outputs["match_a"], outputs["match_b"])
   np.testing.assert_allclose(eta, 1 - jax.nn.sigmoid(1.3), rtol=1e-6)
@@ -121,7 +126,7 @@ def test_inverse_softplus():
 @pytest.mark.parametrize("components, pairs", [(0, "sampled"), (1, "all"), (2, "sampled")])
 def test_train_step_is_finite_and_moves_every_parameter(components, pairs):
   model = HIBEmbedding(2, components, features=(4, 8), hidden=8)
-  state = hib.create_hib_state(model, hib.optax.adam(1e-2), jax.random.PRNGKey(0), _images(1))
+  state = hib.create_hib_state(model, optax.adam(1e-2), jax.random.PRNGKey(0), _images(1))
   before = jax.tree_util.tree_map(np.asarray, state.params)
   labels = np.repeat(np.arange(4), 3)
   batch = {"image": _images(12), "label": labels}
@@ -143,13 +148,13 @@ def test_train_step_is_finite_and_moves_every_parameter(components, pairs):
 
 def test_verification_pairs_are_balanced_valid_and_deterministic():
   labels = np.repeat(np.arange(5), [2, 3, 4, 5, 6])
-  partners, same = hib.verification_pairs(labels, 6, np.random.default_rng(0))
+  partners, same = verification.verification_pairs(labels, 6, np.random.default_rng(0))
   rows = np.arange(len(labels))[:, None]
   assert partners.shape == same.shape == (len(labels), 6)
   assert same[:, :3].all() and not same[:, 3:].any()
   np.testing.assert_array_equal(labels[partners] == labels[rows], same)
   assert not np.any(partners[:, :3] == rows)  # never paired with itself
-  again, _ = hib.verification_pairs(labels, 6, np.random.default_rng(0))
+  again, _ = verification.verification_pairs(labels, 6, np.random.default_rng(0))
   np.testing.assert_array_equal(partners, again)
   # Both other members of the two-image class... only the one other image exists.
   assert np.all(partners[0, :3] == 1) and np.all(partners[1, :3] == 0)
@@ -162,7 +167,7 @@ def test_verification_pairs_are_balanced_valid_and_deterministic():
 ])
 def test_verification_pairs_reject_bad_input(labels, count, match):
   with pytest.raises(ValueError, match=match):
-    hib.verification_pairs(labels, count, np.random.default_rng(0))
+    verification.verification_pairs(labels, count, np.random.default_rng(0))
 
 
 # ----------------------------------------------------------------------------- config
@@ -180,18 +185,18 @@ def test_verification_pairs_reject_bad_input(labels, count, match):
 ])
 def test_validate_config_rejects_bad_fields(bad, match):
   with pytest.raises(ValueError, match=match):
-    hib.validate_hib_config(bad)
+    methods.validate_config({"method": "hib", **bad})
 
 
 def test_every_hib_config_is_valid_and_documents_its_commands():
   import importlib.util
-  paths = sorted((ROOT / "configs").glob("hib_n*.py"))  # hib_fmnist is experiments.retrieval's
+  paths = sorted((ROOT / "configs").glob("hib_n*.py"))  # hib_fmnist is the retrieval family's
   assert [p.stem for p in paths] == ["hib_n2_d2", "hib_n2_d3", "hib_n3_d2", "hib_n3_d3"]
   for path in paths:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = hib.validate_hib_config(module.get_config())
+    config = methods.validate_config(module.get_config())
     assert f"n{config.num_digits}_d{config.embedding_dim}" in path.stem
     for components in (0, 1, 2):
       assert (f"--config=configs/{path.name} --config.num_components={components}"
@@ -222,13 +227,12 @@ def test_command_runs_a_few_steps_and_writes_its_outputs(fake_dir, tmp_path):
   for name in ("embeddings_hib.png", "uncertain_images.png", "uncertainty_bins.png",
                "training_curves.png", "config.json", "metrics.jsonl"):
     assert (workdir / name).stat().st_size > 0, name
-  assert (workdir / "checkpoints" / "6").is_dir()
+  assert (workdir / "checkpoints" / "train" / "6").is_dir()
 
 
 @pytest.mark.parametrize("argument, message", [
     ("--config.num_component=2", "num_component"),
-    # The HIB loop runs in one process: a multi-host flag fails, it is not silently ignored.
-    ("--num_processes=2", "--num_processes only apply to experiments.mnist"),
+    ("--config.method=hibb", "config.method must be one of"),
 ])
 def test_bad_command_line_fails_before_training(tmp_path, argument, message):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -242,7 +246,7 @@ def test_bad_command_line_fails_before_training(tmp_path, argument, message):
 
 
 def test_point_model_run_has_undefined_uncertainty_correlations(fake_dir, tmp_path):
-  metrics = hib.train_and_evaluate(
+  metrics = train_and_evaluate(
       small_config(fake_dir, num_components=0, eval_sets=("unseen",), figures=False),
       str(tmp_path))
   assert metrics["model"] == "point"
@@ -258,7 +262,7 @@ def straight_run(fake_dir, tmp_path_factory):
   """One uninterrupted MoG-1 run, shared by the resume tests."""
   config = small_config(fake_dir, eval_sets=("unseen",), figures=False)
   workdir = tmp_path_factory.mktemp("straight")
-  return config, str(workdir), hib.train_and_evaluate(config, str(workdir))
+  return config, str(workdir), train_and_evaluate(config, str(workdir))
 
 
 def test_interrupted_run_resumes_to_the_same_result(straight_run, tmp_path, monkeypatch):
@@ -274,11 +278,11 @@ def test_interrupted_run_resumes_to_the_same_result(straight_run, tmp_path, monk
 
   monkeypatch.setattr(hib, "train_step", crashing_step)
   with pytest.raises(KeyboardInterrupt):
-    hib.train_and_evaluate(config, str(tmp_path))
+    train_and_evaluate(config, str(tmp_path))
   monkeypatch.setattr(hib, "train_step", real_step)
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
-  resumed = hib.train_and_evaluate(config, str(tmp_path))
-  assert resumed["resumed_from_step"] == 3
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "train")) == ["3"]
+  resumed = train_and_evaluate(config, str(tmp_path))
+  assert resumed["resumed_from_step"] == {"train": 3}
   for key in ("verification_ap_clean", "knn_accuracy_corrupted", "eta_mean_clean", "match_a",
               "match_b"):
     assert resumed[key] == straight[key], key
@@ -288,5 +292,5 @@ def test_resuming_with_another_config_is_refused(straight_run):
   config, workdir, _ = straight_run
   other = small_config(config.data_dir, eval_sets=("unseen",), figures=False, num_components=2)
   with pytest.raises(ValueError, match="different config.*num_components"):
-    hib.train_and_evaluate(other, workdir)
+    train_and_evaluate(other, workdir)
 

@@ -8,8 +8,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from sphereembed.data import DataNotFoundError
-from sphereembed.training import config as config_lib
-from sphereembed.training import loop
+from sphereembed import methods
+from sphereembed.methods import centroid
+from sphereembed.runner import train_and_evaluate
+from sphereembed.training import builders
+from sphereembed.training import engine
 from sphereembed.training.checkpoints import CorruptCheckpointError
 from tests.training.fake_data import write_fake_mnist
 
@@ -20,7 +23,7 @@ def fake_dir(tmp_path_factory):
 
 
 def small_config(data_dir, **overrides):
-  config = config_lib.default_config()
+  config = methods.default_config()
   config.update(dict(
       data_dir=data_dir, sampler="shuffled", batch_size=32, num_epochs=3, features=(4, 8), hidden=32,
       warmup_steps=2, learning_rate=1e-2, log_every_steps=2, checkpoint_every_steps=4,
@@ -30,14 +33,14 @@ def small_config(data_dir, **overrides):
 
 
 def _final_arrays(workdir):
-  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints", "train")) if s.isdigit())
   restored = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, "checkpoints", str(steps[-1]), "default"))
+      os.path.join(workdir, "checkpoints", "train", str(steps[-1]), "default"))
   return steps[-1], restored
 
 
 def test_run_writes_checkpoints_metrics_and_figures(fake_dir, tmp_path):
-  metrics = loop.train_and_evaluate(small_config(fake_dir), str(tmp_path))
+  metrics = train_and_evaluate(small_config(fake_dir), str(tmp_path))
   for name in ("metrics.json", "metrics.jsonl", "embeddings.png", "training_curves.png",
                "config.json"):
     assert os.path.getsize(tmp_path / name) > 0, name
@@ -50,17 +53,17 @@ def test_run_writes_checkpoints_metrics_and_figures(fake_dir, tmp_path):
   assert metrics["num_train_steps"] == 21
   step, arrays = _final_arrays(str(tmp_path))
   assert step == 21 and int(arrays["step"]) == 21
-  np.testing.assert_allclose(np.linalg.norm(arrays["centroids"], axis=1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(arrays["extras"]["centroids"], axis=1), 1.0, atol=1e-5)
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert any("train_loss" in r for r in records) and any("steps_per_sec" in r for r in records)
 
 
 def test_interrupted_run_resumes_to_the_same_result(fake_dir, tmp_path, monkeypatch):
   config = small_config(fake_dir, figures=False, tensorboard=False)
-  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = train_and_evaluate(config, str(tmp_path / "straight"))
 
   calls = {"n": 0}
-  real_step = loop.train_step
+  real_step = centroid.train_step
 
   def crashing_step(*args, **kwargs):
     calls["n"] += 1
@@ -68,14 +71,14 @@ def test_interrupted_run_resumes_to_the_same_result(fake_dir, tmp_path, monkeypa
       raise KeyboardInterrupt("simulated preemption")
     return real_step(*args, **kwargs)
 
-  monkeypatch.setattr(loop, "train_step", crashing_step)
+  monkeypatch.setattr(centroid, "train_step", crashing_step)
   with pytest.raises(KeyboardInterrupt):
-    loop.train_and_evaluate(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(loop, "train_step", real_step)
+    train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(centroid, "train_step", real_step)
   assert _final_arrays(str(tmp_path / "resumed"))[0] == 8  # the last checkpoint before step 11
-  resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
 
-  assert resumed["resumed_from_step"] == 8
+  assert resumed["resumed_from_step"] == {"train": 8}
   assert resumed["test_accuracy"] == straight["test_accuracy"]
   _, a = _final_arrays(str(tmp_path / "straight"))
   _, b = _final_arrays(str(tmp_path / "resumed"))
@@ -86,8 +89,8 @@ def test_interrupted_run_resumes_to_the_same_result(fake_dir, tmp_path, monkeypa
 
 def test_corrupt_checkpoint_gives_a_clear_error(fake_dir, tmp_path):
   config = small_config(fake_dir, num_epochs=1, figures=False, tensorboard=False)
-  loop.train_and_evaluate(config, str(tmp_path))
-  data_root = tmp_path / "checkpoints" / "7" / "default"
+  train_and_evaluate(config, str(tmp_path))
+  data_root = tmp_path / "checkpoints" / "train" / "7" / "default"
   damaged = 0
   for root, _, files in os.walk(data_root):
     for name in files:
@@ -97,20 +100,20 @@ def test_corrupt_checkpoint_gives_a_clear_error(fake_dir, tmp_path):
         damaged += 1
   assert damaged
   with pytest.raises(CorruptCheckpointError, match="cannot be restored"):
-    loop.train_and_evaluate(config, str(tmp_path))
+    train_and_evaluate(config, str(tmp_path))
 
 
 def test_resuming_with_another_config_is_refused(fake_dir, tmp_path):
   config = small_config(fake_dir, num_epochs=1, figures=False, tensorboard=False)
-  loop.train_and_evaluate(config, str(tmp_path))
+  train_and_evaluate(config, str(tmp_path))
   with pytest.raises(ValueError, match="different config.*embedding_dim"):
-    loop.train_and_evaluate(small_config(fake_dir, num_epochs=1, embedding_dim=3), str(tmp_path))
+    train_and_evaluate(small_config(fake_dir, num_epochs=1, embedding_dim=3), str(tmp_path))
 
 
 def test_missing_data_names_the_ways_to_provide_it(tmp_path):
   config = small_config(str(tmp_path / "nowhere"))
   with pytest.raises(DataNotFoundError, match="data_dir"):
-    loop.train_and_evaluate(config, str(tmp_path / "work"))
+    train_and_evaluate(config, str(tmp_path / "work"))
 
 
 def test_balanced_sampler_and_class_weighting_run(fake_dir, tmp_path):
@@ -118,7 +121,7 @@ def test_balanced_sampler_and_class_weighting_run(fake_dir, tmp_path):
                         class_weighting=True, imbalanced_classes=(0, 1),
                         imbalanced_fraction=0.25, num_epochs=1, figures=False,
                         tensorboard=False)
-  metrics = loop.train_and_evaluate(config, str(tmp_path))
+  metrics = train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["num_train_steps"] > 0
 
 
@@ -135,11 +138,11 @@ def test_balanced_sampler_and_class_weighting_run(fake_dir, tmp_path):
 ])
 def test_validate_config_rejects_bad_fields(bad, match):
   with pytest.raises(ValueError, match=match):
-    config_lib.validate_config(bad)
+    methods.validate_config(bad)
 
 
 def test_validate_config_fills_defaults_and_locks():
-  config = config_lib.validate_config({"loss": "softmax"})
+  config = methods.validate_config({"loss": "softmax"})
   assert config.classifier_head and config.embedding_dim == 2
   with pytest.raises(AttributeError):
     config.new_field = 1
@@ -153,7 +156,7 @@ def test_confidence_run_reports_calibration_and_ood(tmp_path, confidence, head_k
   config = small_config(str(root), confidence=confidence, validation_examples=40,
                         ood_dataset="fashion_mnist", tensorboard=False, classifier_head=True,
                         classifier_weight=1.0)
-  metrics = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  metrics = train_and_evaluate(config, str(tmp_path / "run"))
   for score in ("centroid", head_key, "softmax"):
     for key in ("accuracy", "accuracy_at_80", "probabilities/ece", "probabilities/brier",
                 "calibrated/ece", "temperature", "ood_auroc", "ood_auprc", "calibrated/ood_auroc",
@@ -173,10 +176,11 @@ def test_confidence_run_reports_calibration_and_ood(tmp_path, confidence, head_k
 
 
 def test_validation_split_is_held_out(fake_dir):
-  config = config_lib.validate_config(small_config(fake_dir, validation_examples=40))
-  _, train, _, validation, _ = loop._prepare_data(config)
+  config = methods.validate_config(small_config(fake_dir, validation_examples=40))
+  data = centroid.prepare_data(config)
+  train, validation = data.train, data.validation
   assert len(validation) == 40 and len(train) == 200
   train_rows = {row.tobytes() for row in train.images}
   assert not any(row.tobytes() in train_rows for row in validation.images)
   with pytest.raises(ValueError, match="leaves no training images"):
-    loop._prepare_data(config_lib.validate_config(small_config(fake_dir, validation_examples=240)))
+    centroid.prepare_data(methods.validate_config(small_config(fake_dir, validation_examples=240)))

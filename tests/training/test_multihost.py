@@ -8,7 +8,7 @@ flags of ``experiments.mnist`` (``--coordinator_address``, ``--num_processes``,
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m tests.training.test_multihost \\
       --workdir=W --coordinator_address=localhost:PORT --num_processes=2 --process_id=I DATA
 
-The two processes run :func:`sphereembed.training.loop.train_and_evaluate`
+The two processes run :func:`sphereembed.train_and_evaluate`
 on a tiny MNIST-like folder, are preempted after a checkpoint and resume
 from it (orbax saves and restores in both processes); the reference runs
 straight through. The test compares their losses, final checkpoints and
@@ -28,8 +28,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from sphereembed.data import Split
-from sphereembed.training import config as config_lib
-from sphereembed.training import loop
+from sphereembed import methods
+from sphereembed.methods import centroid
+from sphereembed.runner import train_and_evaluate
+from sphereembed.training import builders
+from sphereembed.training import engine
 from sphereembed.training import metric_writers
 from sphereembed.training import sharding
 from tests.training.fake_data import write_fake_mnist
@@ -41,7 +44,7 @@ PREEMPTED_AT = 5  # the step that never runs in the first attempt (checkpoint at
 
 def small_config(data_dir):
   """5 steps of 48 images (12 per device), shifted, class-weighted, evaluated twice."""
-  config = config_lib.default_config()
+  config = methods.default_config()
   config.update(dict(
       data_dir=data_dir, sampler="shuffled", batch_size=48, num_epochs=1, features=(4, 8),
       hidden=16, embedding_dim=2, learning_rate=1e-3, warmup_steps=1, random_shift=2,
@@ -61,7 +64,7 @@ def _worker(argv) -> None:
   config, workdir = small_config(data_dir), mnist.FLAGS.workdir
   if jax.process_count() > 1:
     _preempt(config, workdir)
-  results = {"run": loop.train_and_evaluate(config, workdir)}
+  results = {"run": train_and_evaluate(config, workdir)}
   mesh = sharding.make_mesh()
   rows = sharding.process_rows(mesh, 48)
   try:
@@ -78,7 +81,7 @@ def _worker(argv) -> None:
 
 def _preempt(config, workdir) -> None:
   """Runs until step ``PREEMPTED_AT`` and stops there, in every process at once."""
-  real_step, calls = loop.train_step, [0]
+  real_step, calls = centroid.train_step, [0]
 
   def preempted_step(*args, **kwargs):
     calls[0] += 1
@@ -86,14 +89,14 @@ def _preempt(config, workdir) -> None:
       raise KeyboardInterrupt("simulated preemption")
     return real_step(*args, **kwargs)
 
-  loop.train_step = preempted_step
+  centroid.train_step = preempted_step
   try:
-    loop.train_and_evaluate(config, workdir)
+    train_and_evaluate(config, workdir)
     raise AssertionError("the preempted run finished")
   except KeyboardInterrupt:
     pass
   finally:
-    loop.train_step = real_step
+    centroid.train_step = real_step
 
 
 def _free_port() -> int:
@@ -147,8 +150,8 @@ def _load(path):
 def _final_checkpoint(workdir):
   """The last step and its arrays, restored onto this process's device."""
   import jax  # pylint: disable=import-outside-toplevel
-  steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
-  path = workdir / "checkpoints" / str(steps[-1]) / "default"
+  steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints" / "train") if s.isdigit())
+  path = workdir / "checkpoints" / "train" / str(steps[-1]) / "default"
   checkpointer = ocp.StandardCheckpointer()
   # Saved on 4 devices: the restore needs a target on the devices here.
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -182,7 +185,7 @@ def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
   # Every process evaluates the gathered embeddings: the same metrics everywhere.
   assert timeless(first["run"]) == timeless(second["run"])
   assert first["run"]["num_devices"] == 4 and first["run"]["num_processes"] == 2
-  assert first["run"]["resumed_from_step"] == 3
+  assert first["run"]["resumed_from_step"] == {"train": 3}
 
   records = {name: [r for r in metric_writers.read_jsonl(workdir / "metrics.jsonl")
                     if "train_loss" in r]
@@ -225,14 +228,14 @@ def test_each_host_builds_its_rows_of_the_global_batch(augmentation):
   rng = np.random.default_rng(0)
   train = Split(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
                 rng.integers(0, 4, 40).astype(np.int32))
-  config = config_lib.validate_config(dict(
+  config = methods.validate_config(dict(
       sampler="shuffled", batch_size=12, dataset="cifar10", **augmentation))
-  sampler = loop._make_sampler(config, train)  # pylint: disable=protected-access
+  sampler = builders.make_sampler(config, train.labels)
   weights = np.arange(40, dtype=np.float32)
 
   def batches(rows):
     # pylint: disable-next=protected-access
-    it = loop._train_batches(config, train, sampler, weights, 3, rows)
+    it = centroid.train_batches(config, train, sampler, weights, 3, rows)
     return [next(it) for _ in range(4)]
 
   whole = batches(slice(None))
@@ -247,7 +250,7 @@ def test_each_host_builds_its_rows_of_the_global_batch(augmentation):
 
 def test_row_draws_refuse_draws_that_are_not_per_image():
   # pylint: disable-next=protected-access
-  draws = loop._RowDraws(np.random.default_rng(0), slice(2, 4), 6)
+  draws = centroid._RowDraws(np.random.default_rng(0), slice(2, 4), 6)
   full = np.random.default_rng(0).integers(0, 9, size=(2, 6))
   np.testing.assert_array_equal(draws.integers(0, 9, size=(2, 2)), full[:, 2:4])
   with pytest.raises(ValueError, match="per-image draws"):

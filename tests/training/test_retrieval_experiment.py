@@ -12,8 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sphereembed import methods
+from sphereembed.evaluation.protocols import retrieval as retrieval_protocol
+from sphereembed.methods import retrieval
 from sphereembed.models import SmallCNN
-from sphereembed.training import retrieval
+from sphereembed.runner import train_and_evaluate
 from tests.training.fake_data import write_fake_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -36,8 +39,8 @@ SMALL = dict(features=(4, 8), hidden=16, classes_per_batch=4, samples_per_class=
 
 
 def small_config(data_dir, method, **overrides):
-  config = retrieval.default_retrieval_config()
-  config.update(dict(SMALL, data_dir=data_dir, method=method,
+  config = methods.default_config(method)
+  config.update(dict(SMALL, data_dir=data_dir,
                      dropout_rate=0.2 if method == "mc_dropout" else 0.0))
   config.update(overrides)
   return config
@@ -50,11 +53,11 @@ FIGURES = ("roc_ood.png", "sparsification.png", "reliability.png", "retrievals.p
 @pytest.mark.parametrize("method", retrieval.METHODS)
 def test_every_method_writes_every_metric(data_dir, tmp_path, method):
   workdir = str(tmp_path / method)
-  metrics = retrieval.train_and_evaluate(small_config(data_dir, method), workdir)
+  metrics = train_and_evaluate(small_config(data_dir, method), workdir)
   with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
     saved = json.load(f)
   assert saved["method"] == method
-  for key in retrieval.HEADLINE_KEYS + ("map_at_r", "recall_at_1", "ood/fpr_at_95_tpr",
+  for key in retrieval_protocol.HEADLINE_KEYS + ("map_at_r", "recall_at_1", "ood/fpr_at_95_tpr",
                                         "sparsification/ause", "calibration_accuracy"):
     assert key in saved, key
   for key in ("map_at_1", "map_at_5", "map_at_10"):
@@ -78,7 +81,7 @@ def test_every_method_writes_every_metric(data_dir, tmp_path, method):
     assert saved["prior_precision"] > 0 and saved["posterior_std_mean"] > 0
     assert saved["num_posterior_params"] == 3 * (16 + 1)  # the projection: 16 -> 3, and its bias
   if stochastic:
-    paths = retrieval.plot_method_comparison({method: workdir}, str(tmp_path / "compare"))
+    paths = retrieval_protocol.plot_method_comparison({method: workdir}, str(tmp_path / "compare"))
     assert [os.path.basename(p) for p in paths] == [
         "roc_ood_methods.png", "sparsification_methods.png", "reliability_methods.png"]
     assert all(os.path.exists(p) for p in paths)
@@ -86,18 +89,18 @@ def test_every_method_writes_every_metric(data_dir, tmp_path, method):
 
 def test_resume_keeps_the_result_and_refuses_another_config(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  first = retrieval.train_and_evaluate(small_config(data_dir, "laplace_online"), workdir)
-  again = retrieval.train_and_evaluate(small_config(data_dir, "laplace_online"), workdir)
+  first = train_and_evaluate(small_config(data_dir, "laplace_online"), workdir)
+  again = train_and_evaluate(small_config(data_dir, "laplace_online"), workdir)
   assert again["resumed_from_step"] == {"laplace_online": 4}
-  for key in retrieval.HEADLINE_KEYS:
+  for key in retrieval_protocol.HEADLINE_KEYS:
     assert again[key] == pytest.approx(first[key])
   # The evaluated posterior's prior is evaluation only: re-tuning it re-evaluates, never retrains.
-  untuned = retrieval.train_and_evaluate(
+  untuned = train_and_evaluate(
       small_config(data_dir, "laplace_online", tune_prior=False, prior_precision=1.0), workdir)
   assert untuned["resumed_from_step"] == {"laplace_online": 4}
   assert untuned["prior_precision"] == 1.0 != first["prior_precision"]
   with pytest.raises(ValueError, match="different config"):
-    retrieval.train_and_evaluate(small_config(data_dir, "laplace_online", margin=0.5), workdir)
+    train_and_evaluate(small_config(data_dir, "laplace_online", margin=0.5), workdir)
 
 
 def test_command_line(data_dir, tmp_path):
@@ -113,7 +116,7 @@ def test_command_line(data_dir, tmp_path):
   assert "laplace_online: mAP@1" in result.stdout
   saved = json.loads((workdir / "metrics.json").read_text())
   assert saved["method"] == "laplace_online"
-  assert all(key in saved for key in retrieval.HEADLINE_KEYS)
+  assert all(key in saved for key in retrieval_protocol.HEADLINE_KEYS)
 
 
 @pytest.mark.parametrize("name", ["lam_fmnist", "lam_posthoc_fmnist", "deterministic_fmnist",
@@ -121,13 +124,14 @@ def test_command_line(data_dir, tmp_path):
                                   "hib_fmnist"])
 def test_configs_are_valid_and_document_their_command(name):
   source = (ROOT / "configs" / f"{name}.py").read_text()
-  assert f"python -m experiments.retrieval --config=configs/{name}.py" in source
+  assert f"python -m experiments.mnist --config=configs/{name}.py" in source
   namespace = {}
   exec(compile(source, name, "exec"), namespace)  # pylint: disable=exec-used
-  config = retrieval.validate_retrieval_config(namespace["get_config"]())
+  config = methods.validate_config(namespace["get_config"]())
   assert config.dataset == "fashion_mnist" and config.ood_dataset == "mnist"
   expected = {"lam_fmnist": "laplace_online", "lam_posthoc_fmnist": "laplace_posthoc",
-              "mcdropout_fmnist": "mc_dropout"}.get(name, name.removesuffix("_fmnist"))
+              "mcdropout_fmnist": "mc_dropout", "hib_fmnist": "retrieval_hib"}.get(
+                  name, name.removesuffix("_fmnist"))
   assert config.method == expected
 
 
@@ -148,17 +152,17 @@ def test_configs_are_valid_and_document_their_command(name):
     (dict(features=(8, 0)), "positive channel counts"),
 ])
 def test_bad_configs_fail_with_a_clear_error(overrides, message):
-  config = {**retrieval.default_retrieval_config().to_dict(), **overrides}
+  config = {**methods.default_config("deterministic").to_dict(), **overrides}
   with pytest.raises(ValueError, match=message):
-    retrieval.validate_retrieval_config(config)
+    methods.validate_config(config)
 
 
 def test_too_little_data_fails_before_training(data_dir, tmp_path):
   with pytest.raises(ValueError, match="at least 2"):
-    retrieval.train_and_evaluate(small_config(data_dir, "deterministic", max_test_examples=1),
+    train_and_evaluate(small_config(data_dir, "deterministic", max_test_examples=1),
                                  str(tmp_path / "tiny"))
   with pytest.raises(ValueError, match="classes"):
-    retrieval.train_and_evaluate(small_config(data_dir, "deterministic", classes_per_batch=5),
+    train_and_evaluate(small_config(data_dir, "deterministic", classes_per_batch=5),
                                  str(tmp_path / "few_classes"))
 
 
@@ -189,25 +193,14 @@ def test_mls_loss_matches_its_formula():
     retrieval.mls_loss(jnp.asarray(mu), jnp.asarray(log_sigma[:, :2]), jnp.asarray(labels))
 
 
-def test_multi_host_flags_are_refused(tmp_path):
-  # The retrieval loop runs in one process: a multi-host flag fails, it is not silently ignored.
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.retrieval", "--config=configs/lam_fmnist.py",
-       "--distributed", f"--workdir={tmp_path / 'run'}"], cwd=ROOT,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0
-  assert "experiments.retrieval trains in one process; --distributed" in result.stderr
-  assert not (tmp_path / "run").exists()
-
-
 def test_ensemble_alignment_is_evaluation_only(data_dir, tmp_path):
   workdir = str(tmp_path / "ensemble")
-  aligned = retrieval.train_and_evaluate(small_config(data_dir, "ensemble"), workdir)
-  raw = retrieval.train_and_evaluate(
+  aligned = train_and_evaluate(small_config(data_dir, "ensemble"), workdir)
+  raw = train_and_evaluate(
       small_config(data_dir, "ensemble", ensemble_alignment="none"), workdir)
   assert raw["resumed_from_step"] == {"member_0": 4, "member_1": 4}
   # Rotating member 1 changes its samples, so the spread (the uncertainty) differs.
   assert raw["uncertainty_mean_test"] != pytest.approx(aligned["uncertainty_mean_test"])
   with pytest.raises(ValueError, match="ensemble_alignment"):
-    retrieval.validate_retrieval_config(small_config(data_dir, "ensemble",
+    methods.validate_config(small_config(data_dir, "ensemble",
                                                      ensemble_alignment="affine"))

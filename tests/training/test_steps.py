@@ -8,8 +8,8 @@ import pytest
 
 from sphereembed import centroids as centroids_lib
 from sphereembed.models import SmallCNN
-from sphereembed.training.state import TrainState, create_train_state
-from sphereembed.training.steps import LOSSES, LossSpec, embed_dataset, train_step
+from sphereembed.methods.centroid import LOSSES, LossSpec, create_train_state, embed_dataset, train_step
+from sphereembed.training.state import TrainState
 
 
 def _problem(num_classes=4, per_class=8, seed=0):
@@ -37,7 +37,11 @@ def test_train_step_lowers_the_loss(loss):
     state, metrics = train_step(state, batch, spec)
     first = float(metrics["loss"]) if first is None else first
   assert np.isfinite(float(metrics["loss"]))
-  assert float(metrics["loss"]) < first - 0.2 * abs(first), (first, float(metrics["loss"]))
+  if loss == "ntxent":
+    # Supervised NT-Xent is bounded below by log |P| (7 positives per anchor here): reached.
+    assert first > np.log(7) + 0.03 and float(metrics["loss"]) < np.log(7) + 0.01
+  else:
+    assert float(metrics["loss"]) < first - 0.2 * abs(first), (first, float(metrics["loss"]))
   assert int(state.step) == 25
   np.testing.assert_allclose(float(metrics["embedding_norm"]), 1.0, atol=1e-5)
 
@@ -58,17 +62,17 @@ def test_centroid_update_uses_the_pre_update_embeddings():
   state = _state()
   embeddings = state.apply_fn({"params": state.params}, batch["image"])["embedding"]
   expected = centroids_lib.update_centroids(
-      state.centroids, embeddings, batch["label"], centroids_lib.ema_alpha(0))
+      state.extras["centroids"], embeddings, batch["label"], centroids_lib.ema_alpha(0))
   new_state, _ = train_step(state, batch, LossSpec())
-  np.testing.assert_allclose(np.asarray(new_state.centroids), np.asarray(expected), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(new_state.extras["centroids"]), np.asarray(expected), atol=1e-6)
 
 
 def test_centroid_warmup_keeps_centroids_and_gate_switches_off_negatives():
   batch = _problem()
   state = _state()
-  before = np.asarray(state.centroids)
+  before = np.asarray(state.extras["centroids"])
   state, metrics = train_step(state, batch, LossSpec(centroid_warmup_steps=5))
-  np.testing.assert_array_equal(np.asarray(state.centroids), before)
+  np.testing.assert_array_equal(np.asarray(state.extras["centroids"]), before)
   assert float(metrics["alpha"]) == 0.0
   # A gate above alpha = 0.25 removes the negative term: the loss is d_y >= 0.
   _, gated = train_step(_state(), batch, LossSpec(negative_gate=0.5))
@@ -111,7 +115,7 @@ def test_state_is_a_pytree_with_static_functions():
   assert isinstance(state, TrainState)
   leaves = jax.tree_util.tree_leaves(state)
   assert all(hasattr(x, "shape") for x in leaves)
-  assert state.centroids.shape == (4, 8)
+  assert state.extras["centroids"].shape == (4, 8)
 
 
 @pytest.mark.parametrize("confidence,head", [("vmf", "kappa"), ("gaussian", "sigma"),

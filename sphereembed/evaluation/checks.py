@@ -1,4 +1,19 @@
-"""Input checks and ranking helpers shared by the evaluation modules (private)."""
+"""Input checks and ranking helpers shared by the evaluation modules and the plots.
+
+Every metric in :mod:`sphereembed.evaluation` (and every plot in
+:mod:`sphereembed.plotting`) validates its arrays with these helpers, so the
+same mistake gives the same message everywhere: a ``ValueError`` naming the
+argument. They take NumPy or JAX arrays (or lists) and return NumPy arrays.
+
+Example:
+  >>> from sphereembed.evaluation import checks
+  >>> checks.binary([1, 0, True], "correct").tolist()
+  [True, False, True]
+  >>> checks.unit_interval([0.2, 1.5], "confidences")
+  Traceback (most recent call last):
+  ...
+  ValueError: confidences must lie in [0, 1], got values in [0.2, 1.5].
+"""
 
 from __future__ import annotations
 
@@ -6,6 +21,16 @@ import math
 
 import numpy as np
 
+__all__ = [
+    "binary",
+    "check_fraction",
+    "count",
+    "expected_prefix_sums",
+    "finite_vector",
+    "same_length",
+    "unit_interval",
+    "vector",
+]
 
 
 def vector(values, name: str) -> np.ndarray:
@@ -24,6 +49,7 @@ def vector(values, name: str) -> np.ndarray:
 
 
 def finite_vector(values, name: str) -> np.ndarray:
+  """A :func:`vector` without infinite values either."""
   array = vector(values, name)
   if not np.isfinite(array).all():
     raise ValueError(f"{name} contains infinite values.")
@@ -48,6 +74,7 @@ def binary(values, name: str) -> np.ndarray:
 
 
 def same_length(**arrays) -> int:
+  """The common length of the keyword arguments; ``ValueError`` naming them all if they differ."""
   lengths = {name: len(array) for name, array in arrays.items()}
   if len(set(lengths.values())) != 1:
     raise ValueError(f"Length mismatch: {lengths}.")
@@ -64,6 +91,7 @@ def count(fraction: float, n: int) -> int:
 
 
 def check_fraction(value: float, name: str) -> float:
+  """``value`` as a float in ``(0, 1]``, else ``ValueError`` naming it."""
   value = float(value)
   if not 0 < value <= 1:
     raise ValueError(f"{name} must lie in (0, 1], got {value}.")
