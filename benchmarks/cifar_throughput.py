@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Images/s of the CIFAR ResNet train step: the loop's jitted step on random data.
+"""Images/s of the CIFAR ResNet train step: the runner's jitted step on random data.
 
-Times :func:`sphereembed.training.steps.train_step` exactly as
-``python -m experiments.cifar`` runs it: a ResNet-18 (CIFAR variant) with
-the unit-norm embedding head, NCL with the centroid EMA, SGD with Nesterov
-momentum and kernel weight decay (``sphereembed.training.config.cifar_config``),
-the state replicated and the batch sharded over a mesh of every local device.
+Times :func:`sphereembed.methods.centroid.train_step` exactly as the CIFAR
+configs (``python -m experiments.mnist --config=configs/cifar100_ncl_1024d.py``
+and the other ``configs/cifar*.py``) run it through
+:func:`sphereembed.train_and_evaluate` (the centroid method): a ResNet-18
+(CIFAR variant) with the unit-norm embedding head, NCL with the centroid EMA,
+SGD with Nesterov momentum and kernel weight decay
+(:func:`sphereembed.methods.centroid.cifar_config`), built by
+:mod:`sphereembed.training.builders` as a run builds it, the state
+replicated and the batch sharded over a mesh of every local device.
 Inputs are random uint8 images ``(B, 32, 32, 3)`` and labels; each timed
 step ends with ``jax.block_until_ready``. Compilation and ``--warmup`` steps
 are excluded; the result is the median per-step wall time over at least
@@ -37,12 +41,10 @@ sys.path.insert(0, REPO_ROOT)
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from sphereembed.data import Split  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sphereembed.training import config as config_lib  # pylint: disable=wrong-import-position
-from sphereembed.training import loop  # pylint: disable=wrong-import-position
+from sphereembed import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sphereembed.methods import centroid  # pylint: disable=wrong-import-position
+from sphereembed.training import builders  # pylint: disable=wrong-import-position
 from sphereembed.training import sharding  # pylint: disable=wrong-import-position
-from sphereembed.training.state import create_train_state  # pylint: disable=wrong-import-position
-from sphereembed.training.steps import train_step  # pylint: disable=wrong-import-position
 
 
 def _parse(argv):
@@ -53,7 +55,7 @@ def _parse(argv):
   parser.add_argument("--batch-size", type=int, default=256)
   parser.add_argument("--num-classes", type=int, default=100)
   parser.add_argument("--embedding-dim", type=int, default=1024)
-  parser.add_argument("--loss", default="ncl")
+  parser.add_argument("--loss", default="ncl", choices=centroid.LOSSES)
   parser.add_argument("--num-devices", type=int, default=0, help="0 = every local device")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument("--seconds", type=float, default=30.0)
@@ -66,39 +68,44 @@ def _parse(argv):
   return args
 
 
-def main(argv=None) -> None:
-  args = _parse(argv)
+def build(args, images):
+  """``(config, mesh, model, optimiser, loss spec)`` of the run, as the runner builds them."""
   dataset = "cifar100" if args.num_classes == 100 else "cifar10"
-  config = config_lib.cifar_config(dataset, args.embedding_dim, loss=args.loss)
+  config = centroid.cifar_config(dataset, args.embedding_dim, loss=args.loss)
   config.update(dict(model=args.model, width=args.width, dtype=args.dtype,
                      batch_size=args.batch_size, num_devices=args.num_devices))
-  config = config_lib.validate_config(config)
+  config = methods.validate_config(config)
+  mesh = builders.make_mesh(config)
+  model = builders.make_model(config, args.num_classes, images)
+  # The schedule of configs/cifar100_*.py: 200 epochs of 50,000 // 512 steps.
+  tx = builders.make_optimizer(config, 19400)
+  return config, mesh, model, tx, centroid.loss_spec(config)
+
+
+def main(argv=None) -> None:
+  args = _parse(argv)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, size=(args.batch_size, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, args.num_classes, size=args.batch_size).astype(np.int32)
-  # pylint: disable=protected-access
-  mesh = loop._make_mesh(config)
-  model = loop._make_model(config, args.num_classes, Split(images, labels))
-  tx = loop._make_optimizer(config, 19400)
-  spec = loop._loss_spec(config)
-  # pylint: enable=protected-access
-  state = create_train_state(model, tx, jax.random.PRNGKey(0), images[:1], args.num_classes)
+  _, mesh, model, tx, spec = build(args, images)
+  state = centroid.create_train_state(model, tx, jax.random.PRNGKey(0), images[:1],
+                                      args.num_classes)
   state = sharding.replicate(state, mesh)
   batch = sharding.shard_batch({"image": images, "label": labels}, mesh)
 
   start = time.perf_counter()
-  state, metrics = train_step(state, batch, spec)
+  state, metrics = centroid.train_step(state, batch, spec)
   jax.block_until_ready((state, metrics))
   compile_seconds = time.perf_counter() - start
   for _ in range(args.warmup):
-    state, metrics = train_step(state, batch, spec)
+    state, metrics = centroid.train_step(state, batch, spec)
   jax.block_until_ready((state, metrics))
 
   times = []
   begin = time.perf_counter()
   while len(times) < args.min_steps or time.perf_counter() - begin < args.seconds:
     start = time.perf_counter()
-    state, metrics = train_step(state, batch, spec)
+    state, metrics = centroid.train_step(state, batch, spec)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
   median = statistics.median(times)

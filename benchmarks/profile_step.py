@@ -34,7 +34,7 @@ def profile(batch: int, steps: int, polyphase: bool, trace_dir: str, dump_hlo: b
 
   from sphereembed import losses
   from sphereembed.models.cnn import SmallCNN
-  from sphereembed.training.config import default_config
+  from sphereembed.methods import default_config
 
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.random((batch, 28, 28, 1), dtype=np.float32))

@@ -5,8 +5,9 @@ Measures images/s of full training steps (forward, loss with mining,
 backward, optimiser update) of the same small CNN in both frameworks, in the
 same run:
 
-* sphereembed: :func:`sphereembed.training.steps.train_step` (jitted, the
-  state donated) on :class:`sphereembed.models.cnn.SmallCNN` with
+* sphereembed: :func:`sphereembed.methods.centroid.train_step` (the
+  centroid method's step that :func:`sphereembed.train_and_evaluate` runs;
+  jitted, the state donated) on :class:`sphereembed.models.cnn.SmallCNN` with
   ``optax.adam``, for ``triplet_batch_hard`` (the like-for-like comparison)
   and ``ncl`` (our main loss, no PML peer). Every timed step ends with
   ``jax.block_until_ready`` on the new state and the metrics.
@@ -89,8 +90,8 @@ PML_PEER_TEXT = ("BatchHardMiner + TripletMarginLoss(margin=0.2), "
 TRIPLET_MARGIN = _lb.TRIPLET_MARGIN  # 0.2, both frameworks
 LEARNING_RATE = 1e-3                 # Adam, both frameworks (default betas and eps agree)
 def _architecture() -> dict:
-  """The experiments' CNN (``sphereembed.training.config.default_config``), so the table measures it."""
-  from sphereembed.training.config import default_config
+  """The experiments' CNN (``sphereembed.methods.default_config()``), so the table measures it."""
+  from sphereembed.methods import default_config
   config = default_config()
   return dict(features=list(config.features), kernel_size=config.kernel_size,
               downsample=config.downsample, hidden=config.hidden)
@@ -264,9 +265,8 @@ def worker_sphereembed(cfg) -> dict:
 
   from sphereembed import losses
   from sphereembed.models.cnn import SmallCNN
+  from sphereembed.methods.centroid import LossSpec, create_train_state, train_step
   from sphereembed.training import sharding
-  from sphereembed.training.state import create_train_state
-  from sphereembed.training.steps import LossSpec, train_step
 
   result = {"framework": "sphereembed", "loss": cfg["loss"], "cpu_devices": cpu_devices,
             "jax_devices": [str(d) for d in jax.devices()]}

@@ -86,7 +86,9 @@ NEXT = '''
     * [`05_laplace_retrieval`](05_laplace_retrieval.ipynb): a Laplace posterior over the weights, retrieval
       with uncertainty and OOD detection.
     * The full experiments: `python -m experiments.mnist --config=configs/<config>.py` from the repository root
-      (the README lists every config and its result).
+      (the README lists every config and its result). From Python, the same runner for every method:
+      `sphereembed.train_and_evaluate(config, workdir)`, with a config from
+      `sphereembed.methods.default_config(method)`.
 '''
 
 # ----------------------------------------------------------------------------- 01
@@ -330,14 +332,13 @@ NB02 = [
         import jax
         import matplotlib.pyplot as plt
         import numpy as np
-        import optax
         from IPython.display import Image, display
 
         from sphereembed import data, plotting
-        from sphereembed.models import SmallCNN
-        from sphereembed.training.config import default_config
-        from sphereembed.training.state import create_train_state
-        from sphereembed.training.steps import LossSpec, embed_dataset, nearest_centroid, train_step
+        from sphereembed.methods import default_config
+        from sphereembed.methods.centroid import (create_train_state, embed_dataset, loss_spec,
+                                                  nearest_centroid, train_step)
+        from sphereembed.training import builders
         %matplotlib inline
     ''', SMOKE),
     md(DATA),
@@ -353,25 +354,25 @@ NB02 = [
     md('''
         ## The model, the loss and the centroids
 
-        The config is the one of `configs/ncl_2d.py` (`default_config()`; every field is documented in
-        `sphereembed/training/config.py`). `train_step(state, batch, spec)` is one jitted pure function: the loss
-        against the current centroids, an AdamW update, then the centroid EMA
-        `c ← normalise(α·c_batch + (1 − α)·c)`. Batches are P × K class-balanced (10 classes × 13 images), so every
-        step moves every centroid.
+        The config is `sphereembed.methods.default_config()`, the centroid method's defaults: NCL in 2-D on
+        MNIST, as in `configs/default.py` (`configs/ncl_2d.py` adds batch norm and 20 epochs). Every field is
+        documented in `sphereembed/methods/centroid.py` (the method's) and `sphereembed/training/config.py` (the
+        engine's: optimiser, devices, checkpoints). `sphereembed.training.builders` makes from a config exactly the
+        model, optimiser and batch sampler that a run makes, and `loss_spec(config)` what the train step
+        minimises. `train_step(state, batch, spec)` is one jitted pure function: the loss against the current
+        centroids, an AdamW update, then the centroid EMA `c ← normalise(α·c_batch + (1 − α)·c)`. The centroids
+        are explicit state, `state.extras["centroids"]`. Batches are P × K class-balanced (10 classes ×
+        13 images), so every step moves every centroid.
     '''),
     code('''
-        config = default_config()
-        sampler = data.ClassBalancedSampler(train.labels, config.classes_per_batch, config.samples_per_class,
-                                            seed=config.seed)
+        config = default_config()  # the centroid method
+        sampler = builders.make_sampler(config, train.labels)  # P x K class-balanced batches
         num_steps = 150 if SMOKE else 3 * sampler.num_batches  # 3 epochs: about a minute on a CPU runtime
-        schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
-                                                      min(config.warmup_steps, num_steps // 2), num_steps)
-        model = SmallCNN(config.embedding_dim, features=tuple(config.features), kernel_size=config.kernel_size)
-        state = create_train_state(model, optax.adamw(schedule, weight_decay=config.weight_decay),
-                                   jax.random.PRNGKey(config.seed), train.images[:1], mnist.num_classes)
-        spec = LossSpec(name="ncl", metric=config.metric, negative_weight=config.negative_weight,
-                        alpha_base=config.alpha_base, alpha_decay=config.alpha_decay,
-                        alpha_every=config.alpha_every)
+        model = builders.make_model(config, mnist.num_classes, train.images)  # the small CNN, unit embedding
+        optimizer = builders.make_optimizer(config, num_steps)  # AdamW, warm-up and cosine decay
+        state = create_train_state(model, optimizer, jax.random.PRNGKey(config.seed), train.images[:1],
+                                   mnist.num_classes)
+        spec = loss_spec(config)
         print(f"{num_steps} steps of {config.classes_per_batch} x {config.samples_per_class} images; "
               f"loss {spec.name}, metric {spec.metric}, negative weight {spec.negative_weight}")
     '''),
@@ -387,7 +388,7 @@ NB02 = [
 
         def snapshot(step, alpha):
             embedded = embed_dataset(state, watch[0])["embedding"]
-            snapshots.append((step, alpha, embedded, np.asarray(state.centroids)))
+            snapshots.append((step, alpha, embedded, np.asarray(state.extras["centroids"])))
 
         snapshot(0, spec.alpha_base)  # the random initial network and centroids
         batches = sampler.iterate()
@@ -433,7 +434,8 @@ NB02 = [
     code('''
         evaluated = test if not SMOKE else data.Split(test.images[:2000], test.labels[:2000])
         embedded = embed_dataset(state, evaluated.images)["embedding"]
-        predicted = np.asarray(nearest_centroid(embedded, state.centroids, config.metric))
+        centroids = np.asarray(state.extras["centroids"])
+        predicted = np.asarray(nearest_centroid(embedded, centroids, config.metric))
         correct = predicted == evaluated.labels
         per_class = [correct[evaluated.labels == k].mean() for k in range(mnist.num_classes)]
         print(f"nearest-centroid accuracy on {len(evaluated)} test images: {100 * correct.mean():.2f}%")
@@ -445,14 +447,22 @@ NB02 = [
         ax.grid(alpha=0.3, axis="y")
 
         path = os.path.join(tempfile.mkdtemp(), "embeddings.png")
-        plotting.plot_circle(embedded, evaluated.labels, np.asarray(state.centroids), path,
+        plotting.plot_circle(embedded, evaluated.labels, centroids, path,
                              title=f"test embeddings, accuracy {100 * correct.mean():.2f}%")
         display(Image(path))
     '''),
     md('''
-        The same training, with checkpoints, resumption, TensorBoard logs and `metrics.json`, is
-        `sphereembed.training.loop.train_and_evaluate(config, workdir)`, which `python -m experiments.mnist`
-        runs. Try `config.embedding_dim = 3` there for the sphere.
+        The same training, with checkpoints, resumption, TensorBoard logs, the figures and `metrics.json`, is
+        `sphereembed.train_and_evaluate(config, workdir)`, the one runner that `python -m experiments.mnist`
+        runs for every config. Try `config.embedding_dim = 3` there for the sphere:
+
+        ```python
+        import sphereembed
+        config = default_config()  # sphereembed.methods.default_config
+        config.embedding_dim = 3
+        metrics = sphereembed.train_and_evaluate(config, "/tmp/ncl_3d")  # 10 epochs of the complete MNIST
+        print(metrics["test_accuracy"])
+        ```
     ''', NEXT),
 ]
 
@@ -473,9 +483,9 @@ NB03 = [
         * the vMF class posterior `p(k | x) = softmax(κ(x) · cos(x, c_k))` turns it into a probability, and a
           temperature fitted on held-out images calibrates it.
 
-        We train that model in 2-D on MNIST, then draw the figures of the vMF issue: the embedding coloured by κ,
-        reliability diagrams before and after temperature scaling, risk-coverage curves, and box plots of the
-        confidence of correct, wrong and Fashion-MNIST (out-of-distribution) images.
+        We train that model in 2-D on MNIST, then draw the figures that judge such a confidence: the embedding
+        coloured by κ, reliability diagrams before and after temperature scaling, risk-coverage curves, and box
+        plots of the confidence of correct, wrong and Fashion-MNIST (out-of-distribution) images.
         The full run is `python -m experiments.mnist --config=configs/ncl_vmf_2d.py`.
     '''),
     INSTALL,
@@ -485,15 +495,14 @@ NB03 = [
         import jax
         import matplotlib.pyplot as plt
         import numpy as np
-        import optax
         from IPython.display import display
 
         from sphereembed import confidence, data, plotting
-        from sphereembed.models import SmallCNN
-        from sphereembed.training.confidence_eval import evaluate_confidence
-        from sphereembed.training.config import default_config
-        from sphereembed.training.state import create_train_state
-        from sphereembed.training.steps import LossSpec, embed_dataset, nearest_centroid, train_step
+        from sphereembed.evaluation.protocols.confidence import evaluate_confidence
+        from sphereembed.methods import default_config
+        from sphereembed.methods.centroid import (create_train_state, embed_dataset, loss_spec,
+                                                  nearest_centroid, train_step)
+        from sphereembed.training import builders
         %matplotlib inline
     ''', SMOKE),
     md(DATA, '''
@@ -526,7 +535,7 @@ NB03 = [
         config.validation_examples = 5000
         config.ood_dataset = "fashion_mnist"
 
-        # The held-out split: a fixed permutation, as the experiments' loop draws it.
+        # The held-out split: a fixed permutation, as sphereembed.methods.centroid.prepare_data draws it.
         order = np.random.default_rng(12345).permutation(len(mnist.train))
         held_out, kept = np.sort(order[:config.validation_examples]), np.sort(order[config.validation_examples:])
         train = data.Split(mnist.train.images[kept], mnist.train.labels[kept])
@@ -535,19 +544,12 @@ NB03 = [
         if SMOKE:
             validation, test, ood = (data.Split(s.images[:1000], s.labels[:1000]) for s in (validation, test, ood))
 
-        sampler = data.ClassBalancedSampler(train.labels, config.classes_per_batch, config.samples_per_class,
-                                            seed=config.seed)
+        sampler = builders.make_sampler(config, train.labels)
         num_steps = 200 if SMOKE else 4 * sampler.num_batches
-        schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
-                                                      min(config.warmup_steps, num_steps // 2), num_steps)
-        model = SmallCNN(config.embedding_dim, confidence="kappa", kappa_max=config.kappa_max)
-        state = create_train_state(model, optax.adamw(schedule, weight_decay=config.weight_decay),
+        model = builders.make_model(config, mnist.num_classes, train.images)  # confidence="vmf": a κ head
+        state = create_train_state(model, builders.make_optimizer(config, num_steps),
                                    jax.random.PRNGKey(config.seed), train.images[:1], mnist.num_classes)
-        spec = LossSpec(name="ncl", metric=config.metric, negative_weight=config.negative_weight,
-                        alpha_base=config.alpha_base, alpha_decay=config.alpha_decay,
-                        alpha_every=config.alpha_every, confidence="vmf",
-                        confidence_weight=config.confidence_weight,
-                        confidence_embedding_gradient=config.confidence_embedding_gradient)
+        spec = loss_spec(config)  # NCL plus the vMF negative log-likelihood
         print(f"{num_steps} steps; {len(train)} training, {len(validation)} held-out, {len(test)} test, "
               f"{len(ood)} OOD images")
     '''),
@@ -573,7 +575,7 @@ NB03 = [
     code('''
         outputs = {name: embed_dataset(state, split.images)
                    for name, split in (("test", test), ("validation", validation), ("ood", ood))}
-        centroids = np.asarray(state.centroids)
+        centroids = np.asarray(state.extras["centroids"])
         kappa, ood_kappa = outputs["test"]["kappa"], outputs["ood"]["kappa"]
         predicted = np.asarray(nearest_centroid(outputs["test"]["embedding"], centroids, config.metric))
         correct = predicted == test.labels
@@ -640,9 +642,10 @@ NB03 = [
     md('''
         ## Every score at once
 
-        `evaluate_confidence` is what `python -m experiments.mnist` writes to `metrics.json`: for every score the
-        model has (here the centroid cosine and κ), accuracy at 80% coverage, ECE before and after temperature
-        scaling, OOD AUROC and more.
+        `sphereembed.evaluation.protocols.confidence.evaluate_confidence` is the protocol that the centroid method
+        of `sphereembed.train_and_evaluate` (and so `python -m experiments.mnist`) writes to `metrics.json`: for
+        every score the model has (here the centroid cosine and κ), accuracy at 80% coverage, ECE before and after
+        temperature scaling, OOD AUROC and more.
     '''),
     code('''
         results = evaluate_confidence(outputs["test"], test.labels, centroids,
@@ -684,15 +687,15 @@ NB04 = [
         hidden. We
 
         1. look at the match probability, the self-mismatch and the KL term on toy Gaussians;
-        2. train a point embedding and a one-Gaussian (MoG-1) embedding in 2-D with the library's trainer;
+        2. train a point embedding and a one-Gaussian (MoG-1) embedding in 2-D with the library's runner;
         3. compare their verification AP and kNN accuracy on clean and on occluded images;
         4. draw the 2-D embeddings with their uncertainty, and the most and least certain test images;
         5. ask whether η flags the pairs and neighbours that go wrong.
 
         Why it matters: a system that compares faces, products or handwriting should know when an embedding is a
         guess. An occluded image should say so, and its match scores should then be hedged rather than confidently
-        wrong. The full runs are `python -m experiments.ndigit --config=configs/hib_n2_d2.py` (about 2 minutes per
-        model on a CPU); here the same trainer runs on a shorter budget (seconds with `SMOKE`).
+        wrong. The full runs are `python -m experiments.mnist --config=configs/hib_n2_d2.py` (about 2 minutes per
+        model on a CPU); here the same runner trains on a shorter budget (seconds with `SMOKE`).
     '''),
     INSTALL,
     code('''
@@ -703,14 +706,15 @@ NB04 = [
         import jax.numpy as jnp
         import matplotlib.pyplot as plt
         import numpy as np
-        import optax
         from IPython.display import Image, display
         from matplotlib.patches import Ellipse
 
+        import sphereembed
         from sphereembed import data, evaluation, losses, plotting
         from sphereembed.data import ndigit
-        from sphereembed.models.hib import HIBEmbedding
-        from sphereembed.training import hib
+        from sphereembed.evaluation.protocols import verification
+        from sphereembed.methods import default_config, hib
+        from sphereembed.training import builders
         from sphereembed.training.checkpoints import Checkpointer
         %matplotlib inline
     ''', SMOKE),
@@ -798,17 +802,19 @@ NB04 = [
         fig.tight_layout()
     '''),
     md('''
-        ## 2. Training, with the library's trainer
+        ## 2. Training, with the library's runner
 
-        `sphereembed.training.hib.train_and_evaluate(config, workdir)` is what `python -m experiments.ndigit`
-        runs: class-balanced batches of the seen classes, pairs drawn from each batch, the VIB match loss
-        (`losses.vib_match_loss`), AdamW, orbax checkpoints, then the evaluation protocol of its module docstring
-        and the figures. We start from `default_hib_config()`, which is `configs/hib_n2_d2.py` (N = 2 digits,
-        D = 2), and shorten it. `num_components = 0` gives the point embedding, `1` one Gaussian per image.
+        `sphereembed.train_and_evaluate(config, workdir)` is the one runner of every method, and what
+        `python -m experiments.mnist` runs; `config.method` picks the method. For `"hib"`
+        (`sphereembed.methods.hib`): class-balanced batches of the seen classes, pairs drawn from each batch, the
+        VIB match loss (`losses.vib_match_loss`), AdamW, orbax checkpoints, then the evaluation protocol of
+        `sphereembed.evaluation.protocols.verification` and the figures. We start from
+        `sphereembed.methods.default_config("hib")`, which is `configs/hib_n2_d2.py` (N = 2 digits, D = 2), and
+        shorten it. `num_components = 0` gives the point embedding, `1` one Gaussian per image.
     '''),
     code('''
         def hib_config(num_components):
-            config = hib.default_hib_config()
+            config = default_config("hib")  # config.method = "hib"
             config.num_components = num_components
             config.num_train, config.num_test = sizes["num_train"], sizes["num_test"]
             config.eval_sets = ("unseen",)  # open-set verification: 30 classes never trained on
@@ -825,7 +831,7 @@ NB04 = [
         runs = {}
         for name, components in (("point", 0), ("MoG-1", 1)):
             config, workdir = hib_config(components), tempfile.mkdtemp(prefix="hib_")
-            metrics = hib.train_and_evaluate(config, workdir)
+            metrics = sphereembed.train_and_evaluate(config, workdir)
             runs[name] = {"config": config, "workdir": workdir, "metrics": metrics}
             print(f"{name:>6}: {config.num_train_steps} steps in {metrics['train_seconds_this_run']:.0f} s; "
                   f"learned a = {metrics['match_a']:.2f}, b = {metrics['match_b']:.2f}")
@@ -833,7 +839,7 @@ NB04 = [
     md('''
         ## 3. Point against stochastic, clean against occluded
 
-        The trainer scores 10 pairs per test image (5 of its class, 5 of others) by the match probability and
+        The runner scores 10 pairs per test image (5 of its class, 5 of others) by the match probability and
         reports their average precision (`evaluation.verification_ap`), and a 5-nearest-neighbour vote on the
         embedding means (`evaluation.retrieval_metrics_per_query`). For "occluded", the first image of every pair,
         or the kNN query, is the occluded twin and the references stay clean. Occlusion costs both models; over 3
@@ -860,7 +866,7 @@ NB04 = [
               f"{mog['eta_ap_spearman_corrupted']:.3f} occluded (the point model's η is one constant: undefined)")
     '''),
     md('''
-        ## 4. The figures the trainer wrote
+        ## 4. The figures the runner wrote
 
         Into its workdir, as for every experiment. `embeddings_hib.png`: the 2-D means of the clean and of the
         occluded test images, coloured by class, and as crosses the samples of the 6 most uncertain images (black)
@@ -877,21 +883,19 @@ NB04 = [
     md('''
         ## 5. Inside the trained models
 
-        The trainer's last checkpoint holds each trained state. Restoring it takes a template of the same
-        structure: the config's model and AdamW with a schedule (the values come from the checkpoint).
-        `hib.embed_images` gives every image's component means `(N, C, D)`, log-sigmas `(N, C, D)` (none for the
-        point model) and the learned `a` and `b`.
+        The last checkpoint of the training phase, `workdir/checkpoints/train/<step>`, holds each trained state.
+        Restoring it takes a template of the same structure: the state that the method creates from the config
+        (`hib.make_model`, `builders.make_optimizer`, `hib.create_hib_state`; the values come from the
+        checkpoint). `hib.embed_images` gives every image's component means `(N, C, D)`, log-sigmas `(N, C, D)`
+        (none for the point model) and the learned `a` and `b`.
     '''),
     code('''
         def restore(run):
             config = run["config"]
-            model = HIBEmbedding(config.embedding_dim, config.num_components, features=tuple(config.features),
-                                 kernel_size=config.kernel_size, downsample=config.downsample,
-                                 hidden=config.hidden, log_sigma_min=config.log_sigma_min,
-                                 log_sigma_init=config.log_sigma_init)
-            tx = optax.adamw(optax.constant_schedule(config.learning_rate), weight_decay=config.weight_decay)
-            template = hib.create_hib_state(model, tx, jax.random.PRNGKey(0), clean.images[:1])
-            checkpointer = Checkpointer(os.path.join(run["workdir"], "checkpoints"))
+            template = hib.create_hib_state(hib.make_model(config),
+                                            builders.make_optimizer(config, config.num_train_steps),
+                                            jax.random.PRNGKey(0), clean.images[:1])
+            checkpointer = Checkpointer(os.path.join(run["workdir"], "checkpoints", "train"))
             state = checkpointer.restore_or_keep(template)
             checkpointer.close()
             assert int(state.step) == config.num_train_steps, "no checkpoint restored"
@@ -972,15 +976,16 @@ NB04 = [
     md('''
         ## 6. Does η know which pairs and neighbours go wrong?
 
-        The trainer's protocol by hand, with `sphereembed.evaluation`. `hib.verification_pairs` gives every test
-        image 5 partners of its class and 5 of other classes; a pair's score is its match probability, and
-        `evaluation.verification_ap` their average precision (the precision-recall curves are what the APs sum
-        up). Then the kNN question as a *sparsification* curve: pool the clean and the occluded queries, reject the
-        most uncertain ones first, and follow the kNN error of the rest. A useful η bends the curve down towards
-        the oracle, which rejects the errors first; a random order leaves it flat.
+        The runner's protocol by hand, with `sphereembed.evaluation`. `verification.verification_pairs`
+        (`sphereembed.evaluation.protocols.verification`) gives every test image 5 partners of its class and 5 of
+        other classes; a pair's score is its match probability, and `evaluation.verification_ap` their average
+        precision (the precision-recall curves are what the APs sum up). Then the kNN question as a
+        *sparsification* curve: pool the clean and the occluded queries, reject the most uncertain ones first, and
+        follow the kNN error of the rest. A useful η bends the curve down towards the oracle, which rejects the
+        errors first; a random order leaves it flat.
     '''),
     code('''
-        partners, same = hib.verification_pairs(clean.labels, 10, np.random.default_rng(0))
+        partners, same = verification.verification_pairs(clean.labels, 10, np.random.default_rng(0))
         rows = np.repeat(np.arange(len(clean)), partners.shape[1])
         curves = {}
         for name, out in outputs.items():
@@ -1067,9 +1072,8 @@ NB05 = [
         from IPython.display import display
 
         from sphereembed import data, evaluation, laplace, plotting
+        from sphereembed.methods.centroid import LossSpec, create_train_state, train_step
         from sphereembed.models import SmallCNN
-        from sphereembed.training.state import create_train_state
-        from sphereembed.training.steps import LossSpec, train_step
         %matplotlib inline
     ''', SMOKE),
     md(DATA, '''
@@ -1103,8 +1107,9 @@ NB05 = [
 
         `SmallCNN` with a 16-D unit embedding, trained with the contrastive loss (`losses.contrastive`: matching
         pairs pulled together by `½ d²`, non-matching pairs pushed out to the margin by `½ relu(m − d)²`,
-        Euclidean `d`) on class-balanced batches, through the library's jitted `train_step`. This is the loss whose
-        curvature the Laplace posterior will use, so margin and distance must be the same there.
+        Euclidean `d`) on class-balanced batches, through the centroid method's jitted `train_step`
+        (`sphereembed.methods.centroid`; its class centroids go unused here). This is the loss whose curvature the
+        Laplace posterior will use, so margin and distance must be the same there.
     '''),
     code('''
         embedding_dim, margin = 16, 1.0
@@ -1236,10 +1241,11 @@ NB05 = [
         The **sparsification curve** (`plotting.plot_sparsification`) removes the most uncertain queries first and
         follows the mean error `1 − mAP@5` of the rest: a useful uncertainty makes it fall, towards the oracle that
         removes the worst queries first; a random order keeps it flat. Its area is the AUSC
-        (`evaluation.ausc`, the area under the *error* curve; lower is better). The LAM paper and
-        `experiments.retrieval` report the area under the *accuracy* curve instead, `1 − evaluation.ausc` with
-        accuracy as the error's complement (higher is better; the experiment writes both, as `ausc` and
-        `sparsification/ausc`). Every curve ranks the same errors, those of the MAP network's
+        (`evaluation.ausc`, the area under the *error* curve; lower is better). The LAM paper and the retrieval
+        methods of `sphereembed.train_and_evaluate` (`config.method = "laplace_posthoc"`, `"laplace_online"`, ...;
+        `python -m experiments.mnist --config=configs/lam_posthoc_fmnist.py`) report the area under the *accuracy*
+        curve instead, `1 − evaluation.ausc` with accuracy as the error's complement (higher is better; they write
+        both, as `ausc` and `sparsification/ausc`). Every curve ranks the same errors, those of the MAP network's
         retrieval (the posterior means retrieve almost exactly as well, see the mAP@5 printed).
     '''),
     code('''
@@ -1340,8 +1346,9 @@ NB05 = [
         So in this small post-hoc setting the two structures are good at different things, the plain
         nearest-neighbour distance of the deterministic network is the better *ranking*, and what the posterior adds
         is a confidence that means a probability. The library also has online LAM, which trains with the posterior
-        (`laplace.perturbed_params`, `laplace.online_curvature`, `laplace.online_update`), and the matrix-free
-        `laplace.ggn_operator` for other structures.
+        (the whole run: `sphereembed.methods.default_config("laplace_online")` given to
+        `sphereembed.train_and_evaluate`; its pieces: `laplace.perturbed_params`, `laplace.online_curvature`,
+        `laplace.online_update`), and the matrix-free `laplace.ggn_operator` for other structures.
     ''', NEXT),
 ]
 

@@ -173,3 +173,25 @@ def test_profile_step_ranks_xla_operations(capsys, polyphase):
   assert rows and all(float(ms) >= 0 for _, ms in rows)
   # XLA's own input gradient of the strided conv is the dilated convolution; the polyphase one is not.
   assert any(name.startswith("convolution-base-dilated") for name, _ in rows) != polyphase
+
+
+def test_cifar_throughput_builds_the_runners_step():
+  """benchmarks/cifar_throughput.py builds its step from the public API.
+
+  No step runs here: the ResNet compiles slowly (run the script for that).
+  """
+  spec = importlib.util.spec_from_file_location("sphereembed_benchmark_cifar",
+                                                ROOT / "benchmarks" / "cifar_throughput.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  from sphereembed.methods import centroid
+
+  args = module._parse(["--width", "0.125", "--batch-size", "8", "--num-classes", "10",
+                        "--embedding-dim", "16", "--loss", "triplet_batch_hard"])
+  images = np.zeros((8, 32, 32, 3), np.uint8)
+  config, mesh, model, _, loss = module.build(args, images)
+  assert config.method == "centroid" and config.dataset == "cifar10" and config.optimizer == "sgd"
+  assert mesh.size >= 1 and model.embedding_dim == 16
+  assert isinstance(loss, centroid.LossSpec) and loss.name == "triplet_batch_hard"
+  with pytest.raises(SystemExit):
+    module._parse(["--loss", "no_such_loss"])

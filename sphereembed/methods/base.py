@@ -106,8 +106,11 @@ def validate_config(config) -> ml_collections.ConfigDict:
   """
   name = config.get("method", "centroid") if hasattr(config, "get") else "centroid"
   method = get_method(name)
-  merged = config_lib.check_fields(config, lambda: default_config(name), choices=method.choices,
-                                   positive=method.positive, non_negative=method.non_negative)
+  engine = config_lib.ENGINE_CHECKS
+  merged = config_lib.check_fields(
+      config, lambda: default_config(name), choices={**engine["choices"], **method.choices},
+      positive=engine["positive"] + method.positive,
+      non_negative=engine["non_negative"] + method.non_negative)
   config_lib.validate_engine_fields(merged)
   method.validate(merged)
   merged.lock()

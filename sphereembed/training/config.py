@@ -14,7 +14,8 @@ import difflib
 
 import ml_collections
 
-__all__ = ["ENGINE_RESUME_SAFE_FIELDS", "check_fields", "engine_config", "validate_engine_fields"]
+__all__ = ["ENGINE_CHECKS", "ENGINE_RESUME_SAFE_FIELDS", "check_fields", "engine_config",
+           "validate_engine_fields"]
 
 # Fields that may change between an interrupted run and its resumption: paths,
 # logging, and the same computation on another device count (up to float
@@ -24,10 +25,12 @@ ENGINE_RESUME_SAFE_FIELDS = frozenset({
     "eval_batch_size", "tensorboard", "figures", "num_devices", "prefetch_batches",
 })
 
-_ENGINE_CHOICES = {"optimizer": ("adamw", "sgd")}
-_ENGINE_POSITIVE = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-                    "eval_batch_size", "prefetch_batches")
-_ENGINE_NON_NEGATIVE = ("learning_rate", "warmup_steps", "weight_decay", "seed", "num_devices")
+#: The engine fields' per-field checks, as :func:`check_fields` takes them.
+ENGINE_CHECKS = dict(
+    choices={"optimizer": ("adamw", "sgd")},
+    positive=("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size",
+              "prefetch_batches"),
+    non_negative=("learning_rate", "warmup_steps", "weight_decay", "seed", "num_devices"))
 
 
 def engine_config() -> ml_collections.ConfigDict:
@@ -114,20 +117,11 @@ def check_fields(config, default_fn, *, choices, positive=(), non_negative=()):
 
 
 def validate_engine_fields(config) -> None:
-  """The engine's own checks on a merged config (types were checked by :func:`check_fields`).
+  """The engine's checks that span fields, on a merged config (the per-field ones: :data:`ENGINE_CHECKS`).
 
   Raises:
-    ValueError: an out-of-range engine field.
+    ValueError: an out-of-range combination of engine fields.
   """
-  for key, allowed in _ENGINE_CHOICES.items():
-    if config[key] not in allowed:
-      raise ValueError(f"config.{key} must be one of {allowed}, got {config[key]!r}.")
-  for key in _ENGINE_POSITIVE:
-    if not config[key] > 0:
-      raise ValueError(f"config.{key} must be > 0, got {config[key]!r}.")
-  for key in _ENGINE_NON_NEGATIVE:
-    if not config[key] >= 0:
-      raise ValueError(f"config.{key} must be >= 0, got {config[key]!r}.")
   if not 0 <= config.momentum < 1:
     raise ValueError(f"config.momentum must lie in [0, 1), got {config.momentum}.")
   if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):

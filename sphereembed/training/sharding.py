@@ -2,7 +2,7 @@
 
 The batch is split along its leading axis over the mesh's ``"data"`` axis;
 parameters, optimiser state, centroids and batch-norm statistics are
-replicated. The jitted train step (:func:`sphereembed.training.steps.train_step`)
+replicated. A jitted train step (e.g. :func:`sphereembed.methods.centroid.train_step`)
 runs unchanged: ``jit`` propagates the input shardings, so every device
 computes the forward and backward pass of its slice, and XLA inserts the
 all-reduces wherever the program reduces over the batch (the loss's mean,
@@ -20,7 +20,7 @@ with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``, one or several
 GPUs)::
 
   mesh = make_mesh()
-  state = replicate(create_train_state(model, tx, key, sample, num_classes), mesh)
+  state = replicate(init_train_state(model.apply, params, tx, key), mesh)
   for batch in batches:  # global batches, size divisible by mesh.size
     state, metrics = train_step(state, shard_batch(batch, mesh), spec)
 
@@ -32,12 +32,12 @@ process_id=i``; on CPU the collectives go over gloo), then runs the same
 program on a mesh over the devices of every host (``make_mesh()``)::
 
   mesh = make_mesh()                                 # jax.devices(): all hosts
-  state = replicate(create_train_state(...), mesh)   # same seed on every host
+  state = replicate(init_train_state(...), mesh)     # same seed on every host
   rows = process_rows(mesh, global_batch_size)       # this host's slice
   for indices in sampler:                            # the same global indices everywhere
     local = {"image": images[indices[rows]], "label": labels[indices[rows]]}
     state, metrics = train_step(state, shard_batch(local, mesh), spec)
-  centroids = to_host(state.centroids)               # NumPy, on every host
+  params = to_host(state.params)                     # NumPy, on every host
 
 :func:`shard_batch` assembles the global array with
 ``jax.make_array_from_process_local_data``: the global batch is the hosts'
@@ -47,7 +47,7 @@ works on every host); :func:`to_host` gathers sharded outputs (e.g.
 embeddings) onto every host. Write logs and figures from
 ``jax.process_index() == 0`` only; every host takes part in Orbax
 checkpoints (on a file system all hosts share).
-:func:`sphereembed.training.loop.train_and_evaluate` does all of this.
+:func:`sphereembed.training.engine.run_phase` does all of this for every method.
 
 References:
   https://docs.jax.dev/en/latest/notebooks/Distributed_arrays_and_automatic_parallelization.html

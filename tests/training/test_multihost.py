@@ -210,7 +210,7 @@ def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
     np.testing.assert_array_equal(multi_state[key], single_state[key])
   # Rounding differences after 5 Adam steps: ~1e-7 of the loss at step 2, up to ~2e-5
   # of the weights and centroids at step 5 (Adam's moments, not compared, amplify them).
-  compared = [k for k in multi_state if k.startswith("['params']")] + ["['centroids']"]
+  compared = [k for k in multi_state if k.startswith("['params']")] + ["['extras']['centroids']"]
   assert len(compared) == 9
   for key in compared:
     np.testing.assert_allclose(multi_state[key], single_state[key], rtol=1e-4, atol=5e-5,
