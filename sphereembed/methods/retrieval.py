@@ -544,6 +544,12 @@ class _Context:
 
     return batches
 
+  def map_batches(self, fn: Callable, images: np.ndarray,
+                  drop: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """``fn(chunk, chunk_index) -> dict`` over chunks split over the run's mesh, concatenated."""
+    return engine.map_batches(fn, images, self.config.eval_batch_size, mesh=self.run.mesh,
+                              drop=drop, with_index=True)
+
   def phase(self, name: str, state: TrainState, spec: _StepSpec, num_steps: int,
             batches: engine.BatchStream, *, frozen=None, on_start: Callable | None = None):
     """Trains ``state`` as the engine's phase ``name``, resuming from its checkpoints."""
@@ -576,12 +582,6 @@ def _train_network(ctx: _Context, member: int = 0) -> tuple[SmallCNN, Any]:
   state = ctx.phase(f"member_{member}", state, _step_spec(config, "contrastive"),
                        config.num_train_steps, ctx.image_batches(member))
   return model, state.params
-
-
-def _map_batches(fn: Callable, images: np.ndarray, batch_size: int,
-                 drop: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-  """``fn(chunk, chunk_index) -> dict`` over fixed-size chunks: :func:`engine.map_batches`."""
-  return engine.map_batches(fn, images, batch_size, drop=drop, with_index=True)
 
 
 def _features_fn(model: SmallCNN) -> Callable:
@@ -626,8 +626,8 @@ def _laplace_posthoc(ctx: _Context):
   config = ctx.config
   model, params = _train_network(ctx)
   start = time.monotonic()
-  features = _map_batches(lambda x, _: {"f": _features_fn(model)(params, x)},
-                          ctx.data.train.images, config.eval_batch_size)["f"]
+  features = ctx.map_batches(lambda x, _: {"f": _features_fn(model)(params, x)},
+                             ctx.data.train.images)["f"]
   labels = ctx.data.train.labels
   # One epoch of the training batches: the GGN depends on the pairs a batch holds.
   batches = ((features[i], labels[i]) for i in ctx.sampler(0).epoch(0))
@@ -699,8 +699,8 @@ def _ensemble(ctx: _Context):
   if ctx.config.ensemble_alignment == "procrustes":
     references = builders.limit_examples(ctx.data.train, ctx.config.calibration_references,
                                          seed=3).images
-    reference = _map_batches(lambda x, _: {"z": jnp.moveaxis(embed_all(stacked, x), 0, 1)},
-                             references, ctx.config.eval_batch_size)["z"]  # (N, members, D)
+    reference = ctx.map_batches(lambda x, _: {"z": jnp.moveaxis(embed_all(stacked, x), 0, 1)},
+                                references)["z"]  # (N, members, D)
     rotations = jnp.stack([geometry.orthogonal_procrustes(reference[:, m], reference[:, 0])
                            for m in range(len(members))])
 
@@ -733,8 +733,8 @@ def _gaussian_predictor(ctx: _Context, model: SmallCNN, params, uncertainty: Cal
 def _pfe(ctx: _Context):
   config = ctx.config
   base_model, base_params = _train_network(ctx)
-  features = _map_batches(lambda x, _: {"f": _features_fn(base_model)(base_params, x)},
-                          ctx.data.train.images, config.eval_batch_size)["f"]
+  features = ctx.map_batches(lambda x, _: {"f": _features_fn(base_model)(base_params, x)},
+                             ctx.data.train.images)["f"]
   head = _head(config.embedding_dim, "sigma_diagonal")
   head_key, state_key = jax.random.split(jax.random.fold_in(
       jax.random.PRNGKey(config.seed), 1_000_003))
@@ -792,8 +792,7 @@ def _run(run: engine.Run) -> dict[str, Any]:
   data = _load_data(config)
   ctx = _Context(run, data)
   predict, info = _TRAINERS[config.method](ctx)
-  predict_all = lambda images, drop=(): _map_batches(predict, images, config.eval_batch_size,
-                                                     drop=drop)
+  predict_all = lambda images, drop=(): ctx.map_batches(predict, images, drop=drop)
   references = builders.limit_examples(data.train, config.calibration_references, seed=3)
   metrics, arrays = retrieval_protocol.evaluate(
       predict_all, config.method != "deterministic", data.test, data.ood, references, config)

@@ -93,6 +93,61 @@ def _max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
 
 
+def conv_trunk(images: jax.Array, *, features: Sequence[int], kernel_size: int, downsample: str,
+               hidden: int, batch_norm: bool = False, polyphase_gradient: bool = False,
+               train: bool = False) -> jax.Array:
+  """The small CNN's trunk: conv blocks that halve the resolution, then a ReLU dense layer.
+
+  Call it inside a module's ``nn.compact`` method: its layers become that
+  module's ``Conv_0``, ``Conv_1``, ..., ``Dense_0`` (and ``BatchNorm_*``), so
+  every model built on it (:class:`SmallCNN`, the HIB mixture head of
+  :class:`sphereembed.models.hib.HIBEmbedding`) shares one trunk and one
+  parameter layout.
+
+  Args:
+    images: ``(B, H, W, C)`` uint8 pixels (scaled to [0, 1] here) or floats.
+    features: channels of the conv blocks.
+    kernel_size: the convolutions' window size.
+    downsample: ``"stride"`` (stride-2 convs) or ``"pool"`` (stride-1 convs
+      and 2x2 max pooling).
+    hidden: width of the ReLU dense layer (0: none, the flattened features).
+    batch_norm: batch normalisation after every conv and the dense layer.
+    polyphase_gradient: the strided convs' polyphase input gradient (see
+      :class:`SmallCNN`).
+    train: batch norm's mode (batch statistics, running averages updated).
+
+  Returns:
+    ``(B, hidden)`` features (``(B, flattened)`` for ``hidden = 0``).
+
+  Raises:
+    ValueError: images that are not ``(B, H, W, C)`` or an unknown ``downsample``.
+  """
+  if images.ndim != 4:
+    raise ValueError(f"images must have shape (B, H, W, C), got {images.shape}.")
+  if downsample not in ("stride", "pool"):
+    raise ValueError(f"downsample must be 'stride' or 'pool', got {downsample!r}.")
+  x = images
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    # uint8 pixels travel to the device as bytes and are scaled here.
+    x = x.astype(jnp.float32) / 255.0
+
+  def normalize(x):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x) if batch_norm else x
+
+  stride = 2 if downsample == "stride" else 1
+  for channels in features:
+    x = nn.Conv(int(channels), (kernel_size, kernel_size), strides=stride,
+                use_bias=not batch_norm,
+                conv_general_dilated=conv_general_dilated if polyphase_gradient else None)(x)
+    x = nn.relu(normalize(x))
+    if downsample == "pool":
+      x = _max_pool_2x2(x)
+  x = x.reshape((x.shape[0], -1))
+  if hidden:
+    x = nn.relu(normalize(nn.Dense(hidden, use_bias=not batch_norm)(x)))
+  return x
+
+
 class SmallCNN(nn.Module):
   """Conv blocks that halve the resolution, a dense layer, then :class:`EmbeddingHead`.
 
@@ -141,31 +196,11 @@ class SmallCNN(nn.Module):
   confidence_feature_gradient: bool = True
   polyphase_gradient: bool = False
 
-  def _normalize(self, x: jax.Array, train: bool) -> jax.Array:
-    if not self.batch_norm:
-      return x
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
-
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-    if images.ndim != 4:
-      raise ValueError(f"images must have shape (B, H, W, C), got {images.shape}.")
-    x = images
-    if jnp.issubdtype(x.dtype, jnp.integer):
-      # uint8 pixels travel to the device as bytes and are scaled here.
-      x = x.astype(jnp.float32) / 255.0
-    if self.downsample not in ("stride", "pool"):
-      raise ValueError(f"downsample must be 'stride' or 'pool', got {self.downsample!r}.")
-    stride = 2 if self.downsample == "stride" else 1
-    for channels in self.features:
-      x = nn.Conv(channels, (self.kernel_size, self.kernel_size), strides=stride,
-                  use_bias=not self.batch_norm,
-                  conv_general_dilated=conv_general_dilated if self.polyphase_gradient else None)(x)
-      x = nn.relu(self._normalize(x, train))
-      if self.downsample == "pool":
-        x = _max_pool_2x2(x)
-    x = x.reshape((x.shape[0], -1))
-    x = nn.relu(self._normalize(nn.Dense(self.hidden, use_bias=not self.batch_norm)(x), train))
+    x = conv_trunk(images, features=self.features, kernel_size=self.kernel_size,
+                   downsample=self.downsample, hidden=self.hidden, batch_norm=self.batch_norm,
+                   polyphase_gradient=self.polyphase_gradient, train=train)
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return EmbeddingHead(self.embedding_dim, self.num_classes, self.confidence, self.kappa_max,

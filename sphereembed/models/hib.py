@@ -26,7 +26,9 @@ Where this follows the paper and where it deviates:
 
 * Trunk: the paper uses a small CNN for N-digit MNIST (convolutions with max
   pooling, then fully connected layers); we did not copy its exact sizes.
-  Ours: two 5x5 convolutions (32 and 64 channels, ``features``) with ReLU,
+  Ours is :func:`sphereembed.models.cnn.conv_trunk`, the trunk of
+  :class:`~sphereembed.models.SmallCNN`: two 5x5 convolutions (32 and 64
+  channels, ``features``) with ReLU,
   halving the resolution by a stride of 2 by default
   (``downsample="stride"``, 4x fewer multiply-adds on a 2-core CPU, as
   :class:`~sphereembed.models.SmallCNN`) or by 2x2 max pooling
@@ -57,6 +59,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sphereembed.models.cnn import conv_trunk
+
 __all__ = ["HIBEmbedding", "inverse_softplus"]
 
 
@@ -70,17 +74,6 @@ def inverse_softplus(value: float) -> float:
     raise ValueError(f"softplus only takes positive values, got {value}.")
   # log(expm1(v)) overflows for large v, where softplus(x) = x to float precision.
   return float(value) if value > 30 else math.log(math.expm1(value))
-
-
-def _max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max pooling as a reshape and a max (odd sizes drop the last row/column).
-
-  XLA's CPU backward of this form is several times faster than that of
-  ``nn.max_pool``'s ``reduce_window``.
-  """
-  batch, height, width, channels = x.shape
-  x = x[:, :height - height % 2, :width - width % 2]
-  return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
 
 
 class HIBEmbedding(nn.Module):
@@ -148,20 +141,8 @@ class HIBEmbedding(nn.Module):
     """
     del train
     self._check()
-    if images.ndim != 4:
-      raise ValueError(f"images must have shape (B, H, W, C), got {images.shape}.")
-    x = images
-    if jnp.issubdtype(x.dtype, jnp.integer):
-      # uint8 pixels travel to the device as bytes and are scaled here.
-      x = x.astype(jnp.float32) / 255.0
-    stride = 2 if self.downsample == "stride" else 1
-    for channels in self.features:
-      x = nn.relu(nn.Conv(int(channels), (self.kernel_size, self.kernel_size), strides=stride)(x))
-      if self.downsample == "pool":
-        x = _max_pool_2x2(x)
-    x = x.reshape((x.shape[0], -1))
-    if self.hidden:
-      x = nn.relu(nn.Dense(self.hidden)(x))
+    x = conv_trunk(images, features=self.features, kernel_size=self.kernel_size,
+                   downsample=self.downsample, hidden=self.hidden)
     components, dim = max(self.num_components, 1), self.embedding_dim
     means = nn.Dense(components * dim, name="means")(x).reshape(x.shape[0], components, dim)
     outputs = {"means": means}
