@@ -6,10 +6,10 @@ Command (from the repository root):
 Measured on a 2-core CPU (jax 0.10.2, 10 epochs = 5,190 steps of 10 x 13 images; 3 seeds):
 nearest-centroid test accuracy 99.32 +- 0.05% (99.36, 99.26, 99.34); 265-488 s of training while
 the machine was shared (`python -m experiments.summarize <workdirs>` reports 327 s on average).
-With the polyphase convolution gradient (the training loop's default since session 17,
-config.polyphase_gradient; the same values up to rounding): 99.29 +- 0.03% (99.29, 99.32, 99.27),
+With the polyphase convolution gradient (config.polyphase_gradient, the default; the same values
+up to rounding): 99.29 +- 0.03% (99.29, 99.32, 99.27),
 217 s of training on average, one run per core.
-Without batch norm and shifts (the CNN before session 15): 98.75 +- 0.12% (98.78, 98.85, 98.62).
+Without batch norm and shifts (the plain CNN): 98.75 +- 0.12% (98.78, 98.85, 98.62).
 """
 
 from sphereembed.methods import default_config

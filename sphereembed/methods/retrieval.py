@@ -49,10 +49,13 @@ same evaluation:
   with ``confidence="sigma_diagonal"``) on the frozen deterministic network,
   trained with the mutual likelihood score of the positive pairs
   (:func:`mls_loss`).
-* ``"retrieval_hib"``: Hedged Instance Embeddings (Oh et al., ICLR 2019): the same
-  network with the log-sigma head, trained end to end with
-  :func:`sphereembed.losses.vib_match_loss` on sampled pairs, the match
-  scalars ``a`` and ``b`` learned with it.
+* ``"retrieval_hib"``: Hedged Instance Embeddings (Oh et al., ICLR 2019): the
+  MoG-1 head of :class:`~sphereembed.models.hib.HIBEmbedding` on the same
+  trunk, trained end to end by the HIB method's own step
+  (:func:`sphereembed.methods.hib.train_step`: the VIB match loss on
+  ``hib_num_pairs`` sampled pairs, ``hib_num_samples`` samples, KL weight
+  ``hib_beta``), the match scalars ``a`` and ``b`` learned with it. Its
+  retrieval ranks by the re-normalised mean.
 
 Evaluation: the retrieval-with-OOD protocol of
 :mod:`sphereembed.evaluation.protocols.retrieval` (mAP@k, OOD AUROC / AUPRC,
@@ -97,14 +100,15 @@ from sphereembed import geometry
 from sphereembed import laplace
 from sphereembed import losses
 from sphereembed import plotting
-from sphereembed.data import pairs as pairs_lib
 from sphereembed.evaluation.protocols import retrieval as retrieval_protocol
+from sphereembed.methods import hib as hib_method
 from sphereembed.methods.base import Method, register
 from sphereembed.models.cnn import EmbeddingHead, SmallCNN
-from sphereembed.models.hib import inverse_softplus
+from sphereembed.models.hib import HIBEmbedding
 from sphereembed.training import builders
 from sphereembed.training import engine
 from sphereembed.training import metric_writers
+from sphereembed.training import sharding
 from sphereembed.training.state import TrainState, init_train_state
 
 __all__ = ["LAST_LAYER", "METHODS", "mls_loss", "train_step", "trunk_features"]
@@ -354,7 +358,7 @@ def mls_loss(embeddings: jax.Array, log_sigmas: jax.Array, labels: jax.Array) ->
 class _StepSpec:
   """What a train step minimises (static: hashed into the compiled step)."""
 
-  objective: str  # "contrastive", "laplace_online", "pfe" or "hib"
+  objective: str  # "contrastive", "laplace_online" or "pfe"
   embedding_dim: int
   margin: float
   repulsive: str = "positives"
@@ -363,8 +367,6 @@ class _StepSpec:
   epoch_batches: int = 1  # batches per epoch: the curvature's scale
   prior_precision: float = 1.0
   num_samples: int = 1
-  num_pairs: int = 1
-  beta: float = 0.0
 
 
 def _online_posterior(params, curvature, spec: _StepSpec) -> laplace.LaplacePosterior:
@@ -396,16 +398,6 @@ def _loss_fn(params, state: TrainState, batch, frozen, spec: _StepSpec, keys):
     head = _head(spec.embedding_dim, "sigma_diagonal")
     out = head.apply({"params": {**frozen, **params}}, batch["features"])
     return mls_loss(jax.lax.stop_gradient(out["embedding"]), out["log_sigma"], labels), {}
-  if spec.objective == "hib":
-    out = state.apply_fn({"params": params["net"]}, batch["image"], train=True)
-    a, b = jax.nn.softplus(params["match_a_raw"]), params["match_b"]
-    pairs = pairs_lib.sample_pairs(keys["pairs"], labels, spec.num_pairs, positive_fraction=0.5)
-    means, log_sigmas = out["embedding"], out["log_sigma"]
-    loss = losses.vib_match_loss(
-        means[pairs.first], log_sigmas[pairs.first], means[pairs.second],
-        log_sigmas[pairs.second], pairs.is_same, a, b, key=keys["sample"],
-        num_samples=spec.num_samples, beta=spec.beta)
-    return loss, {"sigma_mean": jnp.mean(jnp.exp(log_sigmas)), "a": a, "b": b}
   raise ValueError(f"unknown objective {spec.objective!r}")
 
 
@@ -442,8 +434,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], frozen,
         params=new_state.params)
     new_state = new_state.with_extras(curvature=posterior.curvature)
     metrics["curvature_mean"] = jnp.mean(ravel_pytree(posterior.curvature)[0])
-  elif spec.objective == "hib":
-    metrics.update(aux)
   return new_state, metrics
 
 
@@ -515,8 +505,7 @@ def _step_spec(config, objective: str, epoch_batches: int = 1) -> _StepSpec:
       repulsive=config.repulsive, structure=config.structure,
       memory_factor=config.memory_factor, epoch_batches=epoch_batches,
       prior_precision=config.prior_precision,
-      num_samples=config.hib_num_samples if objective == "hib" else config.train_num_samples,
-      num_pairs=config.hib_num_pairs, beta=config.hib_beta)
+      num_samples=config.train_num_samples)
 
 
 @dataclasses.dataclass
@@ -550,26 +539,29 @@ class _Context:
     return engine.map_batches(fn, images, self.config.eval_batch_size, mesh=self.run.mesh,
                               drop=drop, with_index=True)
 
-  def phase(self, name: str, state: TrainState, spec: _StepSpec, num_steps: int,
-            batches: engine.BatchStream, *, frozen=None, on_start: Callable | None = None):
-    """Trains ``state`` as the engine's phase ``name``, resuming from its checkpoints."""
+  def phase(self, name: str, state: TrainState, spec: _StepSpec | None, num_steps: int,
+            batches: engine.BatchStream, *, frozen=None, on_start: Callable | None = None,
+            step_fn: Callable | None = None):
+    """Trains ``state`` as the engine's phase ``name``, resuming from its checkpoints.
+
+    The step is :func:`train_step` with ``spec`` (and ``frozen``), or ``step_fn``.
+    """
     config = self.config
+    step_fn = step_fn or functools.partial(train_step, frozen=frozen or {}, spec=spec)
     return engine.run_phase(
-        self.run, name, state, functools.partial(train_step, frozen=frozen or {}, spec=spec),
+        self.run, name, state, step_fn,
         num_steps=num_steps, batches=batches,
         batch_size=config.classes_per_batch * config.samples_per_class,
         batch_size_source="config.classes_per_batch * config.samples_per_class",
         on_start=on_start)
 
 
-def _network_state(ctx: _Context, model: SmallCNN, member: int = 0, *, num_steps: int,
-                   extra_params=None) -> TrainState:
+def _network_state(ctx: _Context, model: SmallCNN, member: int = 0, *,
+                   num_steps: int) -> TrainState:
   """A fresh state of ``model``: initialisation from ``(seed, member)``."""
   params_key, state_key = jax.random.split(jax.random.fold_in(
       jax.random.PRNGKey(ctx.config.seed), member))
   params = model.init({"params": params_key}, ctx.data.train.images[:1], train=False)["params"]
-  if extra_params is not None:
-    params = {"net": params, **extra_params}
   return init_train_state(model.apply, params, builders.make_optimizer(ctx.config, num_steps),
                           state_key)
 
@@ -713,18 +705,23 @@ def _ensemble(ctx: _Context):
   return lambda images, _: sample(stacked, rotations, images), {}
 
 
-def _gaussian_predictor(ctx: _Context, model: SmallCNN, params, uncertainty: Callable) -> Predictor:
-  """Samples ``mu + sigma eps`` of a sigma-head model; ``uncertainty(out, raw_samples)``."""
+def _gaussian_predictor(ctx: _Context, apply_fn: Callable, params, gaussian: Callable,
+                        uncertainty: Callable) -> Predictor:
+  """Samples ``mu + sigma eps`` of a Gaussian embedding.
+
+  ``gaussian(out) -> (means, log_sigmas)``, each ``(B, 1, D)``, from the
+  model's outputs; ``uncertainty(out, raw_samples)``.
+  """
   num_samples = ctx.config.eval_num_samples
   key = jax.random.PRNGKey(ctx.config.eval_seed)
 
   @jax.jit
   def sample(params, images, key):
-    out = model.apply({"params": params}, images)
-    raw = losses.sample_mixture(key, out["embedding"][:, None], out["log_sigma"][:, None],
-                                num_samples)
+    out = apply_fn({"params": params}, images)
+    means, log_sigmas = gaussian(out)
+    raw = losses.sample_mixture(key, means, log_sigmas, num_samples)
     # On the sphere for the calibration, as the paper's code; the uncertainty sees raw samples.
-    return {"mean": out["embedding"], "uncertainty": uncertainty(params, out, raw),
+    return {"mean": geometry.l2_normalize(means[:, 0]), "uncertainty": uncertainty(out, raw),
             "samples": geometry.l2_normalize(raw)}
 
   return lambda images, index: sample(params, images, jax.random.fold_in(key, index))
@@ -753,23 +750,32 @@ def _pfe(ctx: _Context):
   model = _model(config, confidence="sigma_diagonal")
   params = {**base_params, "head": {**base_params["head"], "log_sigma": state.params["log_sigma"]}}
   predict = _gaussian_predictor(
-      ctx, model, params, lambda p, out, raw: jnp.sum(jnp.exp(out["log_sigma"]), axis=-1))
+      ctx, model.apply, params, lambda out: (out["embedding"][:, None], out["log_sigma"][:, None]),
+      lambda out, raw: jnp.sum(jnp.exp(out["log_sigma"]), axis=-1))
   return predict, {}
 
 
 def _hib(ctx: _Context):
+  """HIB's MoG-1 head on the same trunk, trained by the HIB method's own VIB step."""
   config = ctx.config
-  model = _model(config, confidence="sigma_diagonal")
-  extra = {"match_a_raw": jnp.asarray(inverse_softplus(config.hib_match_a_init), jnp.float32),
-           "match_b": jnp.asarray(config.hib_match_b_init, jnp.float32)}
-  state = _network_state(ctx, model, 0, num_steps=config.num_train_steps, extra_params=extra)
-  state = ctx.phase("hib", state, _step_spec(config, "hib"), config.num_train_steps,
-                       ctx.image_batches(0))
-  params = state.params
-  a, b = jax.nn.softplus(params["match_a_raw"]), params["match_b"]
+  model = HIBEmbedding(config.embedding_dim, 1, features=tuple(config.features),
+                       kernel_size=config.kernel_size, downsample=config.downsample,
+                       hidden=config.hidden, match_a_init=config.hib_match_a_init,
+                       match_b_init=config.hib_match_b_init)
+  state = hib_method.create_hib_state(
+      model, builders.make_optimizer(config, config.num_train_steps),
+      jax.random.fold_in(jax.random.PRNGKey(config.seed), 0), ctx.data.train.images[:1])
+  spec = hib_method.HIBLossSpec(num_samples=config.hib_num_samples, beta=config.hib_beta,
+                                pairs="sampled", num_pairs=config.hib_num_pairs,
+                                positive_fraction=0.5)
+  state = ctx.phase("hib", state, None, config.num_train_steps, ctx.image_batches(0),
+                    step_fn=functools.partial(hib_method.train_step, spec=spec))
+  params = sharding.to_host(state.params)
   predict = _gaussian_predictor(
-      ctx, model, params["net"], lambda p, out, raw: losses.self_mismatch(raw, a, b))
-  return predict, {"match_a": float(a), "match_b": float(b)}
+      ctx, model.apply, params, lambda out: (out["means"], out["log_sigmas"]),
+      lambda out, raw: losses.self_mismatch(raw, out["match_a"], out["match_b"]))
+  return predict, {"match_a": float(jax.nn.softplus(params["match_a_raw"])),
+                   "match_b": float(params["match_b"])}
 
 
 _TRAINERS = {
