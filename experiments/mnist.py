@@ -41,6 +41,7 @@ import jax
 from ml_collections import config_flags
 
 from sphereembed.runner import train_and_evaluate
+from sphereembed.training.checkpoints import CorruptCheckpointError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -152,12 +153,36 @@ def summary(metrics: dict) -> str:
           f"{metrics['ood_auprc']:.4f}; AUSC {metrics['ausc']:.4f}; ECE {metrics['ece']:.4f}")
 
 
+# Errors a user can fix from the message alone: printed without a traceback.
+_EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, CorruptCheckpointError)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a config override that names no field as a usage error."""
+  try:
+    return flags.FLAGS(argv)
+  except AttributeError as error:  # config_flags' message for an unknown field, with a hint
+    message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    raise SystemExit(f"FATAL Flags parsing error: unknown config field: {message}") from None
+
+
 def main(argv):
   workdir = start_run(argv)
-  metrics = train_and_evaluate(FLAGS.config, workdir)
+  try:
+    metrics = train_and_evaluate(FLAGS.config, workdir)
+  except KeyboardInterrupt:
+    raise SystemExit(f"Interrupted; the last finished step is saved. Run the same command with "
+                     f"--workdir={workdir} to resume.") from None
+  except _EXPECTED_ERRORS as error:
+    raise SystemExit(f"error: {error}") from None
   print(f"{summary(metrics)} (workdir {workdir})")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command: flags, then :func:`main` (the aliases in experiments/ call this too)."""
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -21,11 +21,7 @@ under this name so that the commands above keep working.
 
 from __future__ import annotations
 
-from absl import app
-from absl import flags
-
 from experiments import mnist
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(mnist.main)
+  mnist.run()

@@ -76,8 +76,25 @@ def test_unknown_override_fails_before_training(tmp_path):
   result = _run(["--config=configs/ncl_2d.py", "--config.embeding_dim=3",
                  f"--workdir={tmp_path / 'run'}"], tmp_path, timeout=120)
   assert result.returncode != 0
-  assert "embeding_dim" in result.stderr
+  assert "embeding_dim" in result.stderr and 'Did you mean "embedding_dim"' in result.stderr
+  assert "Traceback" not in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_failed_before_training_is_one_message_and_its_workdir_reusable(tmp_path):
+  workdir = tmp_path / "run"
+  result = _run(["--config=configs/ncl_2d.py", f"--config.data_dir={tmp_path / 'missing'}",
+                 f"--workdir={workdir}"], tmp_path, timeout=120)
+  assert result.returncode == 1
+  assert "error: data_dir=" in result.stderr and "Traceback" not in result.stderr
+  # The corrected command, another config in the same workdir: nothing was trained, so it runs.
+  data = write_fake_mnist(tmp_path / "data")
+  result = _run(["--config=configs/ncl_2d.py", f"--config.data_dir={data}",
+                 "--config.num_epochs=1", "--config.sampler=shuffled", "--config.batch_size=48",
+                 "--config.features=(4, 8)", "--config.figures=False", f"--workdir={workdir}"],
+                tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((workdir / "metrics.json").read_text())["num_train_steps"] == 5
 
 
 def test_default_workdir_never_reuses_a_folder(tmp_path, monkeypatch):

@@ -84,6 +84,14 @@ def write_json(path: str, value: Any) -> None:
   os.replace(path + ".tmp", path)
 
 
+def _has_checkpoints(workdir: str) -> bool:
+  """Whether any phase of the run in ``workdir`` saved a checkpoint."""
+  root = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(root) and any(
+      name.isdigit() for phase in os.listdir(root) if os.path.isdir(os.path.join(root, phase))
+      for name in os.listdir(os.path.join(root, phase)))
+
+
 def check_resumable(config, workdir: str, *, defaults: dict, resume_safe=frozenset(),
                     write: bool = True) -> None:
   """Refuses to resume a run whose training-relevant config differs; ``write``: saves the config.
@@ -98,11 +106,14 @@ def check_resumable(config, workdir: str, *, defaults: dict, resume_safe=frozens
     write: whether to write this run's ``config.json`` (process 0).
 
   Raises:
-    ValueError: the workdir holds a run of another config.
+    ValueError: the workdir holds a run of another config that saved a
+      checkpoint (a run that never did may be replaced).
   """
   path = os.path.join(workdir, "config.json")
   current = config.to_dict()
-  if os.path.exists(path):
+  # A run that never saved a checkpoint (it failed before: bad data, an interrupt) holds
+  # nothing to resume: its corrected command may reuse the workdir.
+  if os.path.exists(path) and _has_checkpoints(workdir):
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
     as_json = lambda value: json.dumps(value, default=list)
@@ -159,6 +170,8 @@ def run_phase(run: Run, name: str, state, step_fn: StepFn, *, num_steps: int,
   Raises:
     ValueError: a batch that does not split over the mesh.
     FloatingPointError: the training loss became NaN or infinite.
+    KeyboardInterrupt: passed on after checkpointing the last finished step
+      (Ctrl-C), so that rerunning resumes where the run stopped.
     CorruptCheckpointError: the phase's checkpoint cannot be restored.
   """
   config, mesh, writer = run.config, run.mesh, run.writer
@@ -184,31 +197,45 @@ def run_phase(run: Run, name: str, state, step_fn: StepFn, *, num_steps: int,
     progress = metric_writers.ReportProgress(num_steps, config.log_every_steps, writer)
     progress(start)
     pending: list[dict] = []
-    for step in range(start + 1, num_steps + 1):
-      batch = next(iterator)
-      if step == 1 and on_start is not None:
-        state = on_start(state, batch)
-      state, metrics = step_fn(state, batch)
-      pending.append(metrics)
-      last = step == num_steps
-      if step % config.log_every_steps == 0 or last:
-        summary = {k: float(np.mean([m[k] for m in sharding.to_host(pending)]))
-                   for k in pending[0]}
-        pending = []
-        run.last_loss[name] = summary["loss"]
-        writer.write_scalars(step, {f"{name}_{k}": v for k, v in summary.items()})
-        progress(step, extra=f"{name} loss={summary['loss']:.4f}")
-        if not np.isfinite(summary["loss"]):
-          raise FloatingPointError(
-              f"The {name} loss became {summary['loss']} at step {step}; lower "
-              "config.learning_rate or check the data.")
-      else:
-        progress(step)
-      if evaluate is not None and evaluate_every and step % evaluate_every == 0 and not last:
-        writer.write_scalars(step, evaluate(state))
-      if step % config.checkpoint_every_steps == 0 or last:
-        checkpointer.save(step, state)
-      writer.flush()
+    done = saved = start  # the last step finished, the last step checkpointed
+    try:
+      for step in range(start + 1, num_steps + 1):
+        batch = next(iterator)
+        if step == 1 and on_start is not None:
+          state = on_start(state, batch)
+        state, metrics = step_fn(state, batch)
+        done = step
+        pending.append(metrics)
+        last = step == num_steps
+        if step % config.log_every_steps == 0 or last:
+          summary = {k: float(np.mean([m[k] for m in sharding.to_host(pending)]))
+                     for k in pending[0]}
+          pending = []
+          run.last_loss[name] = summary["loss"]
+          writer.write_scalars(step, {f"{name}_{k}": v for k, v in summary.items()})
+          progress(step, extra=f"{name} loss={summary['loss']:.4f}")
+          if not np.isfinite(summary["loss"]):
+            raise FloatingPointError(
+                f"The {name} loss became {summary['loss']} at step {step}; lower "
+                "config.learning_rate or check the data.")
+        else:
+          progress(step)
+        if evaluate is not None and evaluate_every and step % evaluate_every == 0 and not last:
+          writer.write_scalars(step, evaluate(state))
+        if step % config.checkpoint_every_steps == 0 or last:
+          checkpointer.save(step, state)
+          saved = step
+        writer.flush()
+    except KeyboardInterrupt:
+      # Ctrl-C: keep the steps done so far. A step interrupted inside the jitted call may have
+      # consumed the state's buffers (donation); then the last periodic checkpoint stands.
+      if done > saved:
+        try:
+          checkpointer.save(done, state)
+          logging.warning("Interrupted: saved the state of step %d of phase %s.", done, name)
+        except Exception:  # pylint: disable=broad-except
+          logging.warning("Interrupted mid-step: phase %s resumes from step %d.", name, saved)
+      raise
   finally:
     # Also on errors and interrupts: stop the prefetch thread, let orbax finish its threads.
     if iterator is not None:

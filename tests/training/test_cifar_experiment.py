@@ -200,10 +200,10 @@ def test_interrupted_run_resumes_to_the_same_result(cifar_dir, tmp_path, monkeyp
   with pytest.raises(KeyboardInterrupt):
     train_and_evaluate(config, str(tmp_path / "resumed"))
   monkeypatch.setattr(centroid, "train_step", real_step)
-  assert _final_checkpoint(str(tmp_path / "resumed"))[0] == 4
+  assert _final_checkpoint(str(tmp_path / "resumed"))[0] == 6  # Ctrl-C saved the last finished step
   resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
 
-  assert resumed["resumed_from_step"] == {"train": 4}
+  assert resumed["resumed_from_step"] == {"train": 6}
   assert resumed["test_accuracy"] == straight["test_accuracy"]
   assert resumed["test_accuracy_at_80"] == straight["test_accuracy_at_80"]
   a = _flat(_final_checkpoint(str(tmp_path / "straight"))[1])
@@ -279,6 +279,7 @@ def test_runs_from_before_the_new_fields_still_resume(tmp_path):
                 "num_devices", "prefetch_batches"):
     del old[field]  # a config.json written before these fields existed
   (tmp_path / "config.json").write_text(json.dumps(old, default=list))
+  (tmp_path / "checkpoints" / "train" / "5").mkdir(parents=True)  # a run that trained
   check = lambda config: engine.check_resumable(
       config, str(tmp_path), defaults=methods.default_config().to_dict(),
       resume_safe=methods.base.resume_safe_fields("centroid"))

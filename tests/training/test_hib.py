@@ -280,9 +280,10 @@ def test_interrupted_run_resumes_to_the_same_result(straight_run, tmp_path, monk
   with pytest.raises(KeyboardInterrupt):
     train_and_evaluate(config, str(tmp_path))
   monkeypatch.setattr(hib, "train_step", real_step)
-  assert sorted(os.listdir(tmp_path / "checkpoints" / "train")) == ["3"]
+  # The periodic checkpoint and, on Ctrl-C, the last finished step.
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "train")) == ["3", "4"]
   resumed = train_and_evaluate(config, str(tmp_path))
-  assert resumed["resumed_from_step"] == {"train": 3}
+  assert resumed["resumed_from_step"] == {"train": 4}
   for key in ("verification_ap_clean", "knn_accuracy_corrupted", "eta_mean_clean", "match_a",
               "match_b"):
     assert resumed[key] == straight[key], key

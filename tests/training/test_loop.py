@@ -75,10 +75,11 @@ def test_interrupted_run_resumes_to_the_same_result(fake_dir, tmp_path, monkeypa
   with pytest.raises(KeyboardInterrupt):
     train_and_evaluate(config, str(tmp_path / "resumed"))
   monkeypatch.setattr(centroid, "train_step", real_step)
-  assert _final_arrays(str(tmp_path / "resumed"))[0] == 8  # the last checkpoint before step 11
+  # Ctrl-C at step 11 saved the state of step 10, the last finished one.
+  assert _final_arrays(str(tmp_path / "resumed"))[0] == 10
   resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
 
-  assert resumed["resumed_from_step"] == {"train": 8}
+  assert resumed["resumed_from_step"] == {"train": 10}
   assert resumed["test_accuracy"] == straight["test_accuracy"]
   _, a = _final_arrays(str(tmp_path / "straight"))
   _, b = _final_arrays(str(tmp_path / "resumed"))
