@@ -107,8 +107,15 @@ def check_resumable(config, workdir: str, *, defaults: dict, resume_safe=frozens
 
   Raises:
     ValueError: the workdir holds a run of another config that saved a
-      checkpoint (a run that never did may be replaced).
+      checkpoint (a run that never did may be replaced), or checkpoints of
+      an earlier version's layout.
   """
+  root = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(root) and any(name.isdigit() for name in os.listdir(root)):
+    raise ValueError(
+        f"{root} holds checkpoints of an earlier version of sphereembed (checkpoints/<step>; "
+        "this version keeps checkpoints/<phase>/<step> and another train state), which it "
+        "cannot resume. Use another --workdir.")
   path = os.path.join(workdir, "config.json")
   current = config.to_dict()
   # A run that never saved a checkpoint (it failed before: bad data, an interrupt) holds

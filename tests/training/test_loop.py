@@ -185,3 +185,9 @@ def test_validation_split_is_held_out(fake_dir):
   assert not any(row.tobytes() in train_rows for row in validation.images)
   with pytest.raises(ValueError, match="leaves no training images"):
     centroid.prepare_data(methods.validate_config(small_config(fake_dir, validation_examples=240)))
+
+
+def test_checkpoints_of_the_earlier_layout_are_refused(fake_dir, tmp_path):
+  (tmp_path / "checkpoints" / "8" / "default").mkdir(parents=True)  # checkpoints/<step>
+  with pytest.raises(ValueError, match="earlier version of sphereembed"):
+    train_and_evaluate(small_config(fake_dir), str(tmp_path))
