@@ -9,8 +9,8 @@ README's first command is in the README (these three ran on a shared machine).
 With the polyphase convolution gradient (config.polyphase_gradient, the default; the same values
 up to rounding): 98.86 +- 0.03% (98.84, 98.90, 98.84).
 The trajectory depends on XLA's CPU thread count (the convolutions' summation order): seed 0 pinned
-to one core (taskset -c 1) gave 98.66%, unpinned on both cores 98.84%, each bit for bit the value of
-the training loop the one runner replaced.
+to one core (taskset -c 1) gave 98.66% (bit for bit the training loop the one runner replaced, also
+pinned), on both cores 98.84% (the value above).
 Before batch norm (the same budget, the plain CNN): 98.36 +- 0.24% (98.47, 98.53, 98.08); with
 10 epochs 98.33 +- 0.18%.
 """
