@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sphereembed.evaluation import calibration, checks, verification
+from sphereembed.evaluation import checks, verification
 
 __all__ = [
     "BinnedPerformance",

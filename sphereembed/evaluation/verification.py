@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from sphereembed import geometry
-from sphereembed.evaluation import calibration, checks
+from sphereembed.evaluation import checks
 
 __all__ = [
     "EnrolmentGallery",

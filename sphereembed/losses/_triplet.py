@@ -22,7 +22,6 @@ float sort), and distances are never differentiated through the sort.
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import jax

@@ -11,8 +11,6 @@ from sphereembed.data import DataNotFoundError
 from sphereembed import methods
 from sphereembed.methods import centroid
 from sphereembed.runner import train_and_evaluate
-from sphereembed.training import builders
-from sphereembed.training import engine
 from sphereembed.training.checkpoints import CorruptCheckpointError
 from tests.training.fake_data import write_fake_mnist
 

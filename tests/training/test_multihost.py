@@ -32,7 +32,6 @@ from sphereembed import methods
 from sphereembed.methods import centroid
 from sphereembed.runner import train_and_evaluate
 from sphereembed.training import builders
-from sphereembed.training import engine
 from sphereembed.training import metric_writers
 from sphereembed.training import sharding
 from tests.training.fake_data import write_fake_mnist
