@@ -25,7 +25,6 @@ from absl import logging
 import jax
 
 from sphereembed import methods
-from sphereembed.methods import base as methods_base
 from sphereembed.training import builders
 from sphereembed.training import engine
 from sphereembed.training import metric_writers
@@ -33,12 +32,14 @@ from sphereembed.training import metric_writers
 __all__ = ["train_and_evaluate"]
 
 
-def _final_train_loss(run: engine.Run, records: list[dict]) -> float:
+def _final_train_loss(run: engine.Run) -> float:
   """The last logged loss of the last phase (of an earlier run when this one resumed at its end)."""
   if run.last_loss:
     return list(run.last_loss.values())[-1]
-  losses = [value for record in records for key, value in record.items()
-            if key.endswith("_loss")]
+  if not run.primary:
+    return math.nan  # the records are process 0's
+  losses = [value for record in metric_writers.read_jsonl(run.path("metrics.jsonl"))
+            for key, value in record.items() if key.endswith("_loss")]
   return losses[-1] if losses else math.nan
 
 
@@ -73,7 +74,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   fresh = not os.path.exists(os.path.join(workdir, "config.json"))
   engine.check_resumable(config, workdir,
                          defaults=methods.default_config(config.method).to_dict(),
-                         resume_safe=methods_base.resume_safe_fields(config.method),
+                         resume_safe=methods.resume_safe_fields(config.method),
                          write=primary)
   mesh = builders.make_mesh(config)
   writer = metric_writers.create_default_writer(workdir, tensorboard=config.tensorboard,
@@ -90,14 +91,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   finally:
     # Also on errors and interrupts: flush the logs.
     writer.close()
-  records = metric_writers.read_jsonl(run.path("metrics.jsonl")) if primary else []
   final = {
       **result,
       "method": config.method,
       "seed": config.seed,
       "num_devices": mesh.size,
       "num_processes": jax.process_count(),
-      "final_train_loss": _final_train_loss(run, records),
+      "final_train_loss": _final_train_loss(run),
       "train_seconds": dict(run.seconds),
       "train_seconds_this_run": sum(run.seconds.values()),
       "resumed_from_step": dict(run.resumed_from),

@@ -25,9 +25,10 @@ Methods:
 from __future__ import annotations
 
 from sphereembed.methods.base import (METHODS, Method, default_config, get_method, register,
-                                      validate_config)
+                                      resume_safe_fields, validate_config)
 from sphereembed.methods import centroid  # noqa: F401  (registers its method)
 from sphereembed.methods import hib  # noqa: F401
 from sphereembed.methods import retrieval  # noqa: F401
 
-__all__ = ["METHODS", "Method", "default_config", "get_method", "register", "validate_config"]
+__all__ = ["METHODS", "Method", "default_config", "get_method", "register", "resume_safe_fields",
+           "validate_config"]

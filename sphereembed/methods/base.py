@@ -10,7 +10,8 @@ import ml_collections
 from sphereembed.training import config as config_lib
 from sphereembed.training.engine import Run
 
-__all__ = ["METHODS", "Method", "default_config", "get_method", "register", "validate_config"]
+__all__ = ["METHODS", "Method", "default_config", "get_method", "register", "resume_safe_fields",
+           "validate_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,7 @@ def validate_config(config) -> ml_collections.ConfigDict:
     ValueError: an unknown method or field (with the closest known names), a
       value of the wrong type, or an out-of-range value.
   """
-  name = config.get("method", "centroid") if hasattr(config, "get") else "centroid"
+  name = config.get("method", "centroid")
   method = get_method(name)
   engine = config_lib.ENGINE_CHECKS
   merged = config_lib.check_fields(

@@ -475,23 +475,8 @@ def create_train_state(model, tx: optax.GradientTransformation, key: jax.Array,
                                                         jnp.float32)})
 
 
-@jax.jit
-def _embed_step(state: TrainState, images: jax.Array) -> dict[str, jax.Array]:
-  return state.apply_fn(state.variables(), images, train=False)
-
-
-def embed_dataset(state: TrainState, images, batch_size: int = 1000,
-                  mesh=None) -> dict[str, np.ndarray]:
-  """The model's outputs (``"embedding"``, maybe ``"logits"``, ``"kappa"``, ...) in eval mode.
-
-  Args:
-    state: the train state.
-    images: ``(N, H, W, C)`` images.
-    batch_size: images per forward pass (one compiled shape: the last chunk is padded).
-    mesh: split every chunk over this mesh (the state replicated over it).
-  """
-  return engine.map_batches(functools.partial(_embed_step, state), images, batch_size,
-                            mesh=mesh)
+# The engine's eval-mode pass: ``"embedding"``, maybe ``"logits"``, ``"kappa"``, ``"log_sigma"``.
+embed_dataset = engine.embed
 
 
 def nearest_centroid(embeddings, centroids, metric: geometry.Metric = "great_circle"):

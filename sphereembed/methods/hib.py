@@ -35,7 +35,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from sphereembed import losses
@@ -271,30 +270,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: HIBLossSpec
 # Embedding.
 
 
-@jax.jit
-def _embed_step(state: TrainState, images: jax.Array) -> dict[str, jax.Array]:
-  return state.apply_fn({"params": state.params}, images, train=False)
-
-
-def embed_images(state: TrainState, images, batch_size: int = 500,
-                 mesh=None) -> dict[str, np.ndarray]:
-  """The model's outputs for an array of images, in fixed-size chunks.
-
-  Args:
-    state: the train state.
-    images: ``(N, H, W, 1)`` images.
-    batch_size: images per forward pass.
-    mesh: split every chunk over this mesh (the state replicated over it).
-
-  Returns:
-    ``{"means": (N, C', D), "log_sigmas": (N, C, D) (stochastic models only),
-    "match_a": (), "match_b": ()}`` as NumPy arrays.
-
-  Raises:
-    ValueError: for an empty image array or a non-positive batch size.
-  """
-  return engine.map_batches(functools.partial(_embed_step, state), images, batch_size,
-                            mesh=mesh)
+# The engine's eval-mode pass: ``"means"`` (N, C', D), ``"log_sigmas"`` (N, C, D; stochastic
+# models only), the scalars ``"match_a"`` and ``"match_b"``.
+embed_images = engine.embed
 
 
 def _model_name(num_components: int) -> str:

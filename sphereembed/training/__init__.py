@@ -15,7 +15,7 @@ Methods (:mod:`sphereembed.methods`) build on this package;
 :func:`sphereembed.train_and_evaluate` runs them.
 """
 
-from sphereembed.training.engine import Run, map_batches, run_phase
+from sphereembed.training.engine import Run, embed, map_batches, run_phase
 from sphereembed.training.state import TrainState, init_train_state
 
-__all__ = ["Run", "TrainState", "init_train_state", "map_batches", "run_phase"]
+__all__ = ["Run", "TrainState", "embed", "init_train_state", "map_batches", "run_phase"]

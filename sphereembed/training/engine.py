@@ -26,6 +26,7 @@ that one compiled shape serves every chunk, split over the mesh alike.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -41,7 +42,7 @@ from sphereembed.training import metric_writers
 from sphereembed.training import sharding
 from sphereembed.training.checkpoints import Checkpointer
 
-__all__ = ["Run", "check_resumable", "map_batches", "run_phase", "write_json"]
+__all__ = ["Run", "check_resumable", "embed", "map_batches", "run_phase", "write_json"]
 
 StepFn = Callable[[Any, dict], tuple[Any, dict]]
 # ``batches(start_step, rows)``: this process's ``rows`` of the batches of steps start_step + 1, ...
@@ -250,6 +251,30 @@ def run_phase(run: Run, name: str, state, step_fn: StepFn, *, num_steps: int,
     checkpointer.close()
   run.seconds[name] = time.monotonic() - start_time
   return state
+
+
+@jax.jit
+def _embed_step(state, images: jax.Array) -> dict[str, jax.Array]:
+  return state.apply_fn(state.variables(), images, train=False)
+
+
+def embed(state, images, batch_size: int = 1000, mesh=None) -> dict[str, np.ndarray]:
+  """The model's outputs for an array of images, in eval mode: every method's embedding pass.
+
+  Args:
+    state: a train state (:class:`~sphereembed.training.state.TrainState`).
+    images: ``(N, H, W, C)`` images.
+    batch_size: images per forward pass (one compiled shape: the last chunk is padded).
+    mesh: split every chunk over this mesh (the state replicated over it).
+
+  Returns:
+    Every output of the model (``"embedding"``, ``"logits"``, ``"kappa"``,
+    HIB's ``"means"`` ...) as NumPy arrays, scalars once.
+
+  Raises:
+    ValueError: no images, or a non-positive batch size.
+  """
+  return map_batches(functools.partial(_embed_step, state), images, batch_size, mesh=mesh)
 
 
 def map_batches(fn: Callable, images, batch_size: int, *, mesh=None, drop: tuple[str, ...] = (),

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-__all__ = ["TrainState", "init_train_state", "state_summary"]
+__all__ = ["TrainState", "init_train_state"]
 
 
 class TrainState(train_state.TrainState):
@@ -60,9 +60,3 @@ def init_train_state(apply_fn, params, tx: optax.GradientTransformation, rng: ja
   return TrainState.create(
       apply_fn=apply_fn, params=params, tx=tx, rng=rng, batch_stats=batch_stats or {},
       extras=extras or {}).replace(step=jnp.zeros((), jnp.int32))
-
-
-def state_summary(state: TrainState) -> dict[str, Any]:
-  """Parameter count, for logs and hyper-parameter records."""
-  sizes = [x.size for x in jax.tree_util.tree_leaves(state.params)]
-  return {"num_params": int(sum(sizes))}

@@ -282,7 +282,7 @@ def test_runs_from_before_the_new_fields_still_resume(tmp_path):
   (tmp_path / "checkpoints" / "train" / "5").mkdir(parents=True)  # a run that trained
   check = lambda config: engine.check_resumable(
       config, str(tmp_path), defaults=methods.default_config().to_dict(),
-      resume_safe=methods.base.resume_safe_fields("centroid"))
+      resume_safe=methods.resume_safe_fields("centroid"))
   check(config)
   (tmp_path / "config.json").write_text(json.dumps(old, default=list))
   changed = methods.default_config()
