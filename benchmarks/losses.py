@@ -51,7 +51,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---------------------------------------------------------------------------
 # What is benchmarked.
 
-ALL_LOSSES = ("batch_all", "batch_hard", "semi_hard", "contrastive", "ntxent", "ncl")
+ALL_LOSSES = ("batch_all", "batch_hard", "semi_hard", "contrastive", "ntxent", "ncl",
+              "arcface", "cosface", "subcenter_arcface", "normalized_softmax", "proxy_anchor",
+              "proxy_nca", "multi_similarity", "circle", "lifted_structure")
 DEFAULT_BATCH_SIZES = (128, 512, 2048, 4096)
 DEFAULT_DIMS = (2, 128, 1024)
 
@@ -59,6 +61,12 @@ NUM_CLASSES = 10       # P: labels are arange(B) % P
 TRIPLET_MARGIN = 0.2   # triplet losses, both frameworks
 CONTRASTIVE_MARGIN = 1.0  # ours margin; PML ContrastiveLoss(pos_margin=0, neg_margin=1)
 TEMPERATURE = 0.1      # ntxent, both frameworks
+ARCFACE_MARGIN = 0.5   # radians (ours), the same angle in degrees for PML
+NUM_SUBCENTERS = 3     # subcenter_arcface, both frameworks (PML's default)
+# Losses with class proxies: ours get them as an argument and differentiate
+# with respect to them too (PML's proxies are parameters that backward() reaches).
+PROXY_LOSSES = ("arcface", "cosface", "subcenter_arcface", "normalized_softmax", "proxy_anchor",
+                "proxy_nca")
 
 # sphereembed function name and keyword arguments of each loss.
 OURS = {
@@ -69,6 +77,17 @@ OURS = {
     "contrastive": ("contrastive", dict(margin=CONTRASTIVE_MARGIN, metric="euclidean")),
     "ntxent": ("ntxent", dict(temperature=TEMPERATURE)),
     "ncl": ("ncl", dict(metric="great_circle")),
+    # The new losses with PML's defaults (ArcFace's margin in radians).
+    "arcface": ("arcface", dict(margin=ARCFACE_MARGIN, scale=64.0)),
+    "cosface": ("cosface", dict(margin=0.35, scale=64.0)),
+    "subcenter_arcface": ("subcenter_arcface",
+                          dict(num_subcenters=NUM_SUBCENTERS, margin=ARCFACE_MARGIN, scale=64.0)),
+    "normalized_softmax": ("normalized_softmax", dict(temperature=0.05)),
+    "proxy_anchor": ("proxy_anchor", dict(margin=0.1, alpha=32.0)),
+    "proxy_nca": ("proxy_nca", dict(softmax_scale=1.0)),
+    "multi_similarity": ("multi_similarity", dict(alpha=2.0, beta=50.0, base=0.5)),
+    "circle": ("circle", dict(margin=0.4, gamma=80.0)),
+    "lifted_structure": ("lifted_structure", dict(pos_margin=0.0, neg_margin=1.0)),
 }
 
 # The PML peer, as written in the table's notes.
@@ -79,6 +98,15 @@ PML_PEER = {
     "contrastive": "ContrastiveLoss(pos_margin=0, neg_margin=1)",
     "ntxent": "NTXentLoss(temperature=0.1) (CosineSimilarity)",
     "ncl": None,  # PML has no N-Centroids loss
+    "arcface": "ArcFaceLoss(margin=28.65 deg = 0.5 rad, scale=64)",
+    "cosface": "CosFaceLoss(margin=0.35, scale=64)",
+    "subcenter_arcface": "SubCenterArcFaceLoss(margin=28.65 deg, scale=64, sub_centers=3)",
+    "normalized_softmax": "NormalizedSoftmaxLoss(temperature=0.05)",
+    "proxy_anchor": "ProxyAnchorLoss(margin=0.1, alpha=32)",
+    "proxy_nca": "ProxyNCALoss(softmax_scale=1)",
+    "multi_similarity": "MultiSimilarityLoss(alpha=2, beta=50, base=0.5)",
+    "circle": "CircleLoss(m=0.4, gamma=80)",
+    "lifted_structure": "GeneralizedLiftedStructureLoss(neg_margin=1, pos_margin=0)",
 }
 
 # How the two loss values are compared (see SEMANTICS below):
@@ -93,7 +121,14 @@ VALUE_CHECK = {
     "contrastive": "differs",
     "ntxent": "differs",
     "ncl": None,
+    **{loss: "same" for loss in ("arcface", "cosface", "subcenter_arcface", "normalized_softmax",
+                                 "proxy_anchor", "proxy_nca", "multi_similarity", "circle",
+                                 "lifted_structure")},
 }
+
+# The losses whose PML value `pml_reference` recomputes in NumPy (the new
+# losses are checked against PML by benchmarks/pml_check_new_losses.py).
+PML_REFERENCE_LOSSES = ("batch_all", "batch_hard", "semi_hard", "contrastive", "ntxent")
 
 RTOL = 1e-4  # float32 sums of up to millions of terms in different orders
 
@@ -160,6 +195,17 @@ ours include everything inside `jax.value_and_grad`.
   on; ours is O(B²).
 * **ncl**: no PML counterpart (N-Centroids Loss, great-circle distance to P
   fixed unit centroids); ours only.
+* **arcface, cosface, subcenter_arcface, normalized_softmax, proxy_anchor,
+  proxy_nca**: same definitions as PML (checked in float64 to ~1e-14 by
+  `benchmarks/pml_check_new_losses.py`); PML's defaults, with ArcFace's
+  margin 0.5 rad = 28.65° on both sides. The P class proxies (P·3 sub-center
+  proxies) are random unit vectors, the same for both; they are an argument
+  of ours and a parameter of PML's loss module, and **both frameworks
+  differentiate with respect to embeddings and proxies**
+  (`jax.value_and_grad(loss, argnums=(0, 2))`). All are O(B·P) in both.
+* **multi_similarity, circle, lifted_structure**: same definitions as PML
+  (all pairs, no miner; PML's `MultiSimilarityLoss`, `CircleLoss`,
+  `GeneralizedLiftedStructureLoss` with their default distances). Both O(B²).
 """
 
 # ---------------------------------------------------------------------------
@@ -211,6 +257,14 @@ def make_inputs(batch_size: int, dim: int, seed: int, num_classes: int):
   centroids = (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
   digest = hashlib.sha1(x.tobytes() + labels.tobytes()).hexdigest()[:12]
   return x, labels, centroids, digest
+
+
+def make_proxies(loss: str, dim: int, seed: int, num_classes: int):
+  """Float32 unit proxies of a proxy loss: (P, D), or (P * NUM_SUBCENTERS, D) for sub-centers."""
+  import numpy as np
+  rows = num_classes * (NUM_SUBCENTERS if loss == "subcenter_arcface" else 1)
+  p = np.random.default_rng([seed, 2, dim]).standard_normal((rows, dim))
+  return (p / np.linalg.norm(p, axis=1, keepdims=True)).astype(np.float32)
 
 
 def is_oom_message(text: str) -> bool:
@@ -315,6 +369,11 @@ def worker_ours(cfg):
   xj = jax.device_put(x)
   lj = jax.device_put(labels.astype("int32"))
   extra = (jax.device_put(centroids),) if cfg["loss"] == "ncl" else ()
+  argnums = 0
+  if cfg["loss"] in PROXY_LOSSES:
+    extra = (jax.device_put(make_proxies(cfg["loss"], cfg["dim"], cfg["seed"],
+                                         cfg["num_classes"])),)
+    argnums = (0, 2)  # embeddings and proxies, as PML's backward()
   loss_fn = functools.partial(fn, **kwargs)
   jax.block_until_ready((xj, lj, extra))
   baseline = peak_rss_bytes()
@@ -322,7 +381,8 @@ def worker_ours(cfg):
   stage = "compile"
   try:
     t0 = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(xj, lj, *extra).compile()
+    compiled = jax.jit(jax.value_and_grad(loss_fn, argnums=argnums)).lower(
+        xj, lj, *extra).compile()
     result["compile_s"] = time.perf_counter() - t0
     result["compile_rss_increase_bytes"] = max(0, peak_rss_bytes() - baseline)
     mem = compiled.memory_analysis()
@@ -339,7 +399,7 @@ def worker_ours(cfg):
     value, grad = compiled(xj, lj, *extra)
     jax.block_until_ready((value, grad))
     result["loss_value"] = float(value)
-    result["grad_finite"] = bool(jnp.all(jnp.isfinite(grad)))
+    result["grad_finite"] = all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
 
     def step():
       jax.block_until_ready(compiled(xj, lj, *extra))
@@ -364,11 +424,47 @@ def worker_ours(cfg):
   return result
 
 
-def pml_loss_and_miner(loss: str):
-  """PML's loss object and miner (``None`` when it mines nothing) for one of our losses."""
-  import torch  # noqa: F401
+def pml_loss_and_miner(loss: str, dim: int | None = None, num_classes: int = NUM_CLASSES,
+                       proxies=None):
+  """PML's loss object and miner (``None`` when it mines nothing) for one of our losses.
+
+  The proxy losses need ``dim`` and ``num_classes``; ``proxies`` (the NumPy
+  array of :func:`make_proxies`) then replaces their random initial weights.
+  """
+  import math
+
+  import torch
   from pytorch_metric_learning import distances, losses, miners
   lp = distances.LpDistance(normalize_embeddings=False, p=2, power=1)
+  if loss in PROXY_LOSSES:
+    if dim is None:
+      raise ValueError(f"{loss} needs the embedding dimension")
+    degrees = math.degrees(ARCFACE_MARGIN)
+    module, attr, transpose = {
+        "arcface": (lambda: losses.ArcFaceLoss(num_classes, dim, margin=degrees, scale=64),
+                    "W", True),
+        "cosface": (lambda: losses.CosFaceLoss(num_classes, dim, margin=0.35, scale=64),
+                    "W", True),
+        "subcenter_arcface": (lambda: losses.SubCenterArcFaceLoss(
+            num_classes=num_classes, embedding_size=dim, margin=degrees, scale=64,
+            sub_centers=NUM_SUBCENTERS), "W", True),
+        "normalized_softmax": (lambda: losses.NormalizedSoftmaxLoss(
+            num_classes, dim, temperature=0.05), "W", True),
+        "proxy_anchor": (lambda: losses.ProxyAnchorLoss(num_classes, dim, margin=0.1, alpha=32),
+                         "proxies", False),
+        "proxy_nca": (lambda: losses.ProxyNCALoss(num_classes, dim, softmax_scale=1),
+                      "proxies", False),
+    }[loss]
+    module = module()
+    if proxies is not None:
+      getattr(module, attr).data = torch.from_numpy((proxies.T if transpose else proxies).copy())
+    return module, None
+  if loss == "multi_similarity":
+    return losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), None
+  if loss == "circle":
+    return losses.CircleLoss(m=0.4, gamma=80), None
+  if loss == "lifted_structure":
+    return losses.GeneralizedLiftedStructureLoss(neg_margin=1, pos_margin=0), None
   if loss == "batch_all":
     return losses.TripletMarginLoss(margin=TRIPLET_MARGIN, distance=lp), None
   if loss == "batch_hard":
@@ -448,7 +544,10 @@ def worker_pml(cfg):
   result["input_digest"] = digest
   import torch
   torch.set_num_threads(cfg["threads"])
-  loss_fn, miner = pml_loss_and_miner(cfg["loss"])
+  proxies = None
+  if cfg["loss"] in PROXY_LOSSES:
+    proxies = make_proxies(cfg["loss"], cfg["dim"], cfg["seed"], cfg["num_classes"])
+  loss_fn, miner = pml_loss_and_miner(cfg["loss"], cfg["dim"], cfg["num_classes"], proxies)
   emb = torch.from_numpy(x.copy()).requires_grad_(True)  # a leaf tensor
   labels_t = torch.from_numpy(labels.copy())
   baseline = peak_rss_bytes()
@@ -459,6 +558,7 @@ def worker_pml(cfg):
 
   def step():
     emb.grad = None
+    loss_fn.zero_grad(set_to_none=True)  # the proxies of the proxy losses
     indices = miner(emb, labels_t) if miner is not None else None
     loss = loss_fn(emb, labels_t, indices)
     loss.backward()
@@ -477,7 +577,8 @@ def worker_pml(cfg):
     result["rss_increase_bytes"] = max(0, peak_rss_bytes() - run_baseline)
     holder.clear()
     stage = "reference"
-    if VALUE_CHECK.get(cfg["loss"]) is not None and cfg.get("reference", True):
+    if (VALUE_CHECK.get(cfg["loss"]) is not None and cfg.get("reference", True)
+        and cfg["loss"] in PML_REFERENCE_LOSSES):
       result["reference_value"] = pml_reference(cfg["loss"], x, labels)
     result["status"] = "ok"
   except Exception as e:  # noqa: BLE001
@@ -757,7 +858,8 @@ def write_results(path, rows, info, args, command, started, finished, skipped, n
       f"Settings: P = {args.num_classes} classes (labels `arange(B) % P`), seed {args.seed}, "
       f"float32 unit-normalised standard-normal embeddings (NumPy), triplet margin "
       f"{TRIPLET_MARGIN}, contrastive margin {CONTRASTIVE_MARGIN}, NT-Xent temperature "
-      f"{TEMPERATURE}, euclidean distance; median of at least {args.repeats} forward+backward "
+      f"{TEMPERATURE}, euclidean distance (the proxy and pair-weighting losses: PML's defaults, "
+      f"see below); median of at least {args.repeats} forward+backward "
       f"calls and at least 1 s of them (fewer once {args.max_seconds:g} s are spent, at least 3) after one warm-up "
       f"call; each measurement in its own subprocess with a {args.timeout:g} s timeout and a "
       f"{args.memory_cap_gb:g} GiB memory cap.",

@@ -23,10 +23,10 @@ canonical format):
       --config.batch_size=128 --config.warmup_steps=20 --config.alpha_every=20 \
       --config.eval_every_steps=1000
 
-Expected result: not measured yet (needs a GPU); the talk reports a nearest-centroid eval accuracy
-of 58.6% and ACC@80% (the accuracy on the 80% of test images closest to their centroid) of
-68.4% on CIFAR-100 at 4D (issue 9's floors: 1024D >= 71.4%, 5D >= 62.6%). metrics.json holds
-test_accuracy and test_accuracy_at_80.
+Expected result: not measured yet (needs a GPU); the reference results of the N-Centroids Loss
+report a nearest-centroid eval accuracy of 58.6% and ACC@80% (the accuracy on the 80% of test
+images closest to their centroid) of 68.4% on CIFAR-100 at 4D (the targets for this reproduction:
+1024D >= 71.4%, 5D >= 62.6%). metrics.json holds test_accuracy and test_accuracy_at_80.
 """
 
 from sphereembed.methods.centroid import cifar_config

@@ -27,10 +27,10 @@ canonical format):
       --config.samples_per_class=12 --config.warmup_steps=20 --config.alpha_every=20 \
       --config.eval_every_steps=1000
 
-Expected result: not measured yet (needs a GPU); the talk compares NCL with the triplet loss on
-CIFAR-10 at 1024D (its CIFAR-10 numbers are not restated in issue 9; its CIFAR-100 1024D NCL result
-is 71.4 +- 0.35%, ACC@80% 80.2%). metrics.json holds test_accuracy and test_accuracy_at_80;
-compare with configs/cifar10_ncl_1024d.py.
+Expected result: not measured yet (needs a GPU); the reference results of the N-Centroids Loss
+compare NCL with the triplet loss on CIFAR-10 at 1024D (their CIFAR-10 numbers are not restated
+here; their CIFAR-100 1024D NCL result is 71.4 +- 0.35%, ACC@80% 80.2%). metrics.json holds
+test_accuracy and test_accuracy_at_80; compare with configs/cifar10_ncl_1024d.py.
 """
 
 from sphereembed.methods.centroid import cifar_config

@@ -1,4 +1,7 @@
-"""Deterministic contrastive embedding on Fashion-MNIST (the baseline of LAM, issue 8).
+"""Deterministic contrastive embedding on Fashion-MNIST (the baseline in the LAM comparison).
+
+LAM, the Laplacian Metric Learner: Warburg, Miani, Brack, Hauberg,
+"Bayesian Metric Learning for Uncertainty Quantification in Image Retrieval", NeurIPS 2023.
 
 Command (from the repository root):
   python -m experiments.mnist --config=configs/deterministic_fmnist.py

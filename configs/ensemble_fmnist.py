@@ -1,4 +1,4 @@
-"""Deep ensemble of 5 contrastive networks on Fashion-MNIST (a baseline of LAM, issue 8).
+"""Deep ensemble of 5 contrastive networks on Fashion-MNIST (a baseline in the LAM comparison).
 
 Command (from the repository root):
   python -m experiments.mnist --config=configs/ensemble_fmnist.py

@@ -1,4 +1,4 @@
-"""MC dropout on Fashion-MNIST (a baseline of LAM, issue 8).
+"""MC dropout on Fashion-MNIST (a baseline in the LAM comparison).
 
 Command (from the repository root):
   python -m experiments.mnist --config=configs/mcdropout_fmnist.py

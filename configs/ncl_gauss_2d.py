@@ -1,7 +1,7 @@
 """NCL + a Gaussian scale head in 2-D: N(c_y, sigma(x)^2 I) fitted by negative log-likelihood.
 
-The talk's first confidence model: sigma is the uncertainty, and the Gaussian
-class posterior softmax(-||x - c_k||^2 / (2 sigma^2)) the class probability.
+The first confidence model of the N-Centroids reference results: sigma is the uncertainty, and the
+Gaussian class posterior softmax(-||x - c_k||^2 / (2 sigma^2)) the class probability.
 
 Command (from the repository root):
   python -m experiments.mnist --config=configs/ncl_gauss_2d.py

@@ -1,11 +1,11 @@
-"""NCL + a von Mises-Fisher concentration head in 2-D (the talk's architecture v1).
+"""NCL + a von Mises-Fisher concentration head in 2-D.
 
-The network predicts a unit embedding and a per-sample concentration kappa;
-the loss is NCL plus the vMF negative log-likelihood of the embedding around
-its class centroid. At test time kappa is the confidence, and the vMF class
-posterior softmax(kappa * cos) turns it into a probability, calibrated by a
-temperature or by isotonic regression fitted on 5,000 held-out training images. Fashion-MNIST's test set
-is the out-of-distribution set.
+The first vMF confidence architecture of the N-Centroids reference results. The network predicts a
+unit embedding and a per-sample concentration kappa; the loss is NCL plus the vMF negative
+log-likelihood of the embedding around its class centroid. At test time kappa is the confidence,
+and the vMF class posterior softmax(kappa * cos) turns it into a probability, calibrated by a
+temperature or by isotonic regression fitted on 5,000 held-out training images. Fashion-MNIST's
+test set is the out-of-distribution set.
 
 Command (from the repository root):
   python -m experiments.mnist --config=configs/ncl_vmf_2d.py

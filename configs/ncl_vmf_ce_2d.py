@@ -1,8 +1,8 @@
-"""NCL + vMF concentration + a cross-entropy classifier head in 2-D (the talk's architecture v2).
+"""NCL + vMF concentration + a cross-entropy classifier head in 2-D.
 
-As ``ncl_vmf_2d`` with a cosine classifier on the embedding trained by cross
-entropy, so kappa can be compared with the classifier's max-softmax
-probability (the ``softmax`` score in metrics.json).
+The second vMF confidence architecture of the N-Centroids reference results: as ``ncl_vmf_2d`` with
+a cosine classifier on the embedding trained by cross entropy, so kappa can be compared with the
+classifier's max-softmax probability (the ``softmax`` score in metrics.json).
 
 Command (from the repository root):
   python -m experiments.mnist --config=configs/ncl_vmf_ce_2d.py

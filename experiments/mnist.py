@@ -42,6 +42,7 @@ from ml_collections import config_flags
 
 from sphereembed.runner import train_and_evaluate
 from sphereembed.training.checkpoints import CorruptCheckpointError
+from sphereembed.training.lock import WorkdirLockedError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -61,7 +62,9 @@ flags.DEFINE_integer(
     "Split the CPU into this many XLA devices (jax_num_cpu_devices), so that the data-parallel "
     "mesh runs that many programs side by side: on a multi-core CPU this trains faster than one "
     "program's intra-op threads (see benchmarks/RESULTS.md). The batch must divide evenly; "
-    "results equal a 1-device run up to float rounding. No effect on GPU or TPU devices.",
+    "results equal a 1-device run up to float rounding. No effect on GPU or TPU devices. Not "
+    "the default: on a CPU shared with other busy processes, XLA's in-process all-reduce between "
+    "the devices can wait past its 40 s limit and abort the run.",
     lower_bound=1)
 
 
@@ -100,10 +103,18 @@ def initialize_distributed() -> None:
 
 
 class _QuietLibraries:
-  """Drops the INFO chatter of orbax's checkpoint threads from the absl log."""
+  """Drops INFO chatter from the absl log: orbax's checkpoint threads, JAX's backend probes.
+
+  JAX tries every backend it knows at start and logs each one this machine
+  lacks ("Unable to initialize backend 'tpu'"): expected, not a problem.
+  """
 
   def filter(self, record) -> bool:
-    return record.levelno > logging.converter.STANDARD_INFO or "orbax" not in record.pathname
+    if record.levelno > logging.converter.STANDARD_INFO:
+      return True
+    return "orbax" not in record.pathname and not (
+        record.pathname.endswith("xla_bridge.py")
+        and "Unable to initialize backend" in record.getMessage())
 
 
 def start_run(argv, usage: str = "configs/<name>.py (see configs/)") -> str:
@@ -141,6 +152,9 @@ def summary(metrics: dict) -> str:
     line = f"nearest-centroid test accuracy: {100 * metrics['test_accuracy']:.2f}%"
     if "test_accuracy_at_80" in metrics:
       line += f", ACC@80%: {100 * metrics['test_accuracy_at_80']:.2f}%"
+    if metrics.get("model/threshold", 0) > 0:
+      line += (f"; the saved model abstains on {100 * (1 - metrics['model/coverage']):.1f}% of "
+               f"the test images, {100 * metrics['model/accuracy_kept']:.2f}% accurate on the rest")
     return line
   if method == "hib":
     return (f"HIB {metrics['model']} ({metrics['headline_set']} classes): verification AP clean "
@@ -154,7 +168,8 @@ def summary(metrics: dict) -> str:
 
 
 # Errors a user can fix from the message alone: printed without a traceback.
-_EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, CorruptCheckpointError)
+_EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, CorruptCheckpointError,
+                    WorkdirLockedError)
 
 
 def _parse_flags(argv):

@@ -98,8 +98,9 @@ def _finished_runs(workdirs: list[str], key) -> dict:
   return groups
 
 
-# The talk's N = 2, D = 2 numbers (clean verification AP, clean kNN accuracy).
-TALK_HIB = {"point": (0.987, 0.871), "MoG-1": (0.989, 0.879), "MoG-2": (0.990, 0.888)}
+# The N = 2, D = 2 numbers (clean verification AP, clean kNN accuracy) of Oh, Murphy, Pan, Roth,
+# Schroff, Gallagher, "Modeling Uncertainty with Hedged Instance Embedding", ICLR 2019.
+PAPER_HIB = {"point": (0.987, 0.871), "MoG-1": (0.989, 0.879), "MoG-2": (0.990, 0.888)}
 _HIB_COLUMNS = ("verification_ap_clean", "verification_ap_corrupted", "knn_accuracy_clean",
                 "knn_accuracy_corrupted", "eta_ap_spearman_clean", "eta_ap_spearman_corrupted",
                 "eta_knn_spearman_clean", "eta_knn_spearman_corrupted")
@@ -118,9 +119,9 @@ def summarize_hib(workdirs: list[str]) -> str:
     cells = [str(digits), str(dim), model]
     for column in _HIB_COLUMNS:
       cell = _mean_std([r.get(column, np.nan) for r in runs], digits=3)
-      talk = TALK_HIB.get(model) if (digits, dim) == (2, 2) else None
-      if talk and column in ("verification_ap_clean", "knn_accuracy_clean"):
-        cell += f" ({talk[column.startswith('knn')]:.3f})"
+      paper = PAPER_HIB.get(model) if (digits, dim) == (2, 2) else None
+      if paper and column in ("verification_ap_clean", "knn_accuracy_clean"):
+        cell += f" ({paper[column.startswith('knn')]:.3f})"
       cells.append(cell)
     cells += [str(len(runs)), f"{np.mean([r['train_seconds_this_run'] for r in runs]):.0f}"]
     lines.append("| " + " | ".join(cells) + " |")

@@ -2,9 +2,10 @@
 
 The package is layered; a module imports only from the ones listed before it:
 ``geometry`` -> ``distributions`` -> ``losses`` -> ``centroids`` -> ``confidence`` ->
-``data`` -> ``models`` -> ``laplace`` -> ``evaluation`` -> ``plotting`` ->
-``evaluation.protocols`` -> ``training`` (the engine) -> ``methods`` (the plug-ins) ->
-``runner`` (:func:`train_and_evaluate`) -> the commands in ``experiments/``.
+``prediction`` -> ``data`` -> ``models`` -> ``laplace`` -> ``evaluation`` -> ``plotting`` ->
+``evaluation.protocols`` -> ``training`` (the engine) -> ``inference`` (a trained model:
+:func:`sphereembed.inference.load_model`) -> ``methods`` (the plug-ins) -> ``runner``
+(:func:`train_and_evaluate`) -> the commands in ``experiments/``.
 """
 
 from sphereembed import geometry, losses

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sphereembed import geometry
 from sphereembed.losses import checks
@@ -22,6 +23,14 @@ __all__ = [
     "class_sums", "ema_alpha", "init_centroids", "negative_weight", "update_centroids",
     "update_centroids_from_sums",
 ]
+
+
+def _is_positive_int(value) -> bool:
+  """A Python or NumPy integer (or an integral 0-d array) >= 1; not a bool, float or tracer."""
+  if isinstance(value, (bool, np.bool_, jax.core.Tracer)):
+    return False
+  array = np.asarray(value)
+  return array.ndim == 0 and np.issubdtype(array.dtype, np.integer) and int(array) >= 1
 
 
 def init_centroids(key: jax.Array, num_classes: int, dim: int, dtype=jnp.float32) -> jax.Array:
@@ -37,7 +46,8 @@ def init_centroids(key: jax.Array, num_classes: int, dim: int, dtype=jnp.float32
     A ``(K, D)`` array of unit rows.
 
   Raises:
-    ValueError: on a non-positive ``num_classes`` or ``dim``.
+    ValueError: on a ``num_classes`` or ``dim`` that is not a positive integer
+      (``2.5`` or ``True`` included).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -46,8 +56,10 @@ def init_centroids(key: jax.Array, num_classes: int, dim: int, dtype=jnp.float32
     >>> print(c.shape, bool(jnp.allclose(jnp.linalg.norm(c, axis=1), 1.0, atol=1e-6)))
     (10, 2) True
   """
-  if int(num_classes) < 1 or int(dim) < 1:
-    raise ValueError(f"num_classes and dim must be >= 1, got {num_classes} and {dim}.")
+  if not (_is_positive_int(num_classes) and _is_positive_int(dim)):
+    raise ValueError(f"num_classes and dim must be positive integers (>= 1), got {num_classes!r} "
+                     f"and {dim!r}.")
+  num_classes, dim = int(num_classes), int(dim)
   # Isotropic Gaussians normalised are uniform on the sphere; a draw of exactly
   # 0 has probability 0, and l2_normalize would return 0 rather than NaN.
   gaussian = jax.random.normal(key, (int(num_classes), int(dim)), dtype)
@@ -110,7 +122,7 @@ def update_centroids(
 
   ``c_k <- normalise(alpha * c'_k + (1 - alpha) * c_k)``.
 
-  Classes absent from the batch keep their centroid. The source slides write
+  Classes absent from the batch keep their centroid. NCL's reference notes write
   ``(alpha - 1)`` for the weight of the old centroid; that is a sign slip
   (it would pull the centroid towards its antipode), and ``(1 - alpha)`` is
   the EMA intended. The update is computed from per-class sums and counts
@@ -129,8 +141,10 @@ def update_centroids(
     The updated ``(K, D)`` centroids.
 
   Raises:
-    ValueError: on mismatched shapes or dtypes, and, outside ``jit``, labels
-      outside ``[0, K)``, NaN inputs or an ``alpha`` outside ``[0, 1]``.
+    ValueError: on mismatched shapes or dtypes, an ``alpha`` that is not a
+      real number in ``[0, 1]`` (a Python number is checked also under
+      ``jit``, an array when concrete), and, outside ``jit``, labels outside
+      ``[0, K)`` or NaN inputs.
 
   Example:
     >>> import jax.numpy as jnp
@@ -152,10 +166,11 @@ def update_centroids(
   checks.validate_if_concrete(embeddings, labels, num_classes=num_classes)
   if checks.is_concrete(centroids):
     checks.validate_embeddings(centroids, "centroids")
-  if checks.is_concrete(alpha):
-    value = float(jnp.asarray(alpha))
-    if not 0.0 <= value <= 1.0:
-      raise ValueError(f"alpha must lie in [0, 1], got {value}.")
+  if not isinstance(alpha, jax.core.Tracer) and jnp.ndim(alpha) != 0:
+    raise ValueError(f"alpha must be a scalar, got shape {jnp.shape(alpha)}.")
+  # Python numbers are checked always (also under jit), arrays when concrete
+  # (NumPy, not jnp: under jit even a constant's jnp conversion is traced).
+  checks.validate_scalar(alpha, "alpha", minimum=0.0, maximum=1.0)
   sums, counts = class_sums(embeddings, labels, num_classes)
   return update_centroids_from_sums(centroids, sums, counts, alpha)
 
@@ -177,11 +192,21 @@ def ema_alpha(
   Returns:
     A float32 scalar.
 
+  Raises:
+    ValueError: (when the values are known: Python numbers, also under
+      ``jit``, or concrete arrays) ``base`` outside ``[0, 1]``, ``decay``
+      outside ``(0, 1]``, ``every`` not positive, or any of them NaN or
+      infinite: the rate would leave ``[0, 1]`` or be NaN.
+
   Example:
     >>> from sphereembed.centroids import ema_alpha
     >>> print(f"{float(ema_alpha(0)):.4f} {float(ema_alpha(1000)):.4f} {float(ema_alpha(2000)):.4f}")
     0.2500 0.1625 0.1056
   """
+  checks.validate_scalar(base, "base", minimum=0.0, maximum=1.0)
+  checks.validate_scalar(decay, "decay", maximum=1.0)
+  checks.validate_scalar(decay, "decay", minimum=0.0, strict=True)
+  checks.validate_scalar(every, "every", minimum=0.0, strict=True)
   step = jnp.asarray(step, jnp.float32)
   return jnp.float32(base) * jnp.power(jnp.float32(decay), step / jnp.float32(every))
 
@@ -189,8 +214,12 @@ def ema_alpha(
 def negative_weight(alpha: jax.Array, threshold: float) -> jax.Array:
   """Gate for NCL's negative term: 1 while ``alpha >= threshold``, else 0.
 
-  The slides: "when alpha is 0, we don't have a negative term". Once the
+  NCL's reference notes: "when alpha is 0, we don't have a negative term". Once the
   centroids stop moving, pushing away from the other centroids no longer
   helps; ``threshold = 0`` keeps the negative term for ever.
+
+  Raises:
+    ValueError: a NaN or complex ``threshold`` (when known).
   """
+  checks.validate_scalar(threshold, "threshold", allow_inf=True)
   return (jnp.asarray(alpha) >= threshold).astype(jnp.float32)

@@ -26,12 +26,14 @@ under-confident.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sphereembed.distributions import vmf_log_normalizer
+from sphereembed.distributions.von_mises_fisher import _log_mode_density
+from sphereembed.losses import checks
 
 __all__ = ["IsotonicCalibrator", "fit_isotonic", "fit_temperature", "vmf_class_log_posterior"]
 
@@ -57,8 +59,16 @@ def vmf_class_log_posterior(
     ``(B, K)`` log posteriors; ``exp`` of a row sums to 1, its max is the
     confidence and its argmax the predicted class.
 
+  The logits are formed so that none exceeds 0 after the row shift
+  (per sample: ``kappa (cos - max cos)``; per class: ``log C_d(kappa) +
+  kappa``, the log density at the mode, minus ``kappa (1 - cos)``), so the
+  result is finite, and the same eagerly and under ``jit``, for every finite
+  ``kappa >= 0`` up to the dtype's maximum.
+
   Raises:
-    ValueError: on mismatched shapes.
+    ValueError: on mismatched shapes or non-floating (e.g. complex) arrays
+      and, when the values are concrete, NaN or infinite inputs, negative
+      ``kappa`` or NaN / ``+inf`` log priors.
 
   Example:
     >>> import jax.numpy as jnp
@@ -69,24 +79,52 @@ def vmf_class_log_posterior(
     0.8808
   """
   embeddings, centroids, kappa = jnp.asarray(embeddings), jnp.asarray(centroids), jnp.asarray(kappa)
+  for name, array in (("embeddings", embeddings), ("centroids", centroids), ("kappa", kappa)):
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+      raise ValueError(f"{name} must have a real floating dtype, got {array.dtype}.")
   if embeddings.ndim != 2 or centroids.ndim != 2 or embeddings.shape[1] != centroids.shape[1]:
     raise ValueError(f"embeddings (B, d) and centroids (K, d) must share d, got "
                      f"{embeddings.shape} and {centroids.shape}.")
   batch, num_classes = embeddings.shape[0], centroids.shape[0]
-  logits = embeddings @ centroids.T
-  if kappa.shape == (batch,):
-    logits = kappa[:, None] * logits
-  elif kappa.shape == (num_classes,):
-    logits = kappa[None, :] * logits + vmf_log_normalizer(kappa, embeddings.shape[1])[None, :]
-  else:
+  if kappa.shape not in ((batch,), (num_classes,)):
     raise ValueError(f"kappa must have shape ({batch},) (per sample) or ({num_classes},) "
                      f"(per class), got {kappa.shape}.")
+  for name, array in (("embeddings", embeddings), ("centroids", centroids), ("kappa", kappa)):
+    values = checks.concrete_value(array)
+    if values is not None and not np.all(np.isfinite(values)):
+      raise ValueError(f"{name} contain NaN or infinite values.")
+  values = checks.concrete_value(kappa)
+  if values is not None and np.any(values < 0):
+    raise ValueError("kappa must be non-negative.")
   if log_priors is not None:
     log_priors = jnp.asarray(log_priors)
     if log_priors.shape != (num_classes,):
       raise ValueError(f"log_priors must have shape ({num_classes},), got {log_priors.shape}.")
+    if not jnp.issubdtype(log_priors.dtype, jnp.floating):
+      raise ValueError(f"log_priors must have a real floating dtype, got {log_priors.dtype}.")
+    values = checks.concrete_value(log_priors)
+    if values is not None and (np.any(np.isnan(values)) or np.any(values == np.inf)):
+      raise ValueError("log_priors must not contain NaN or +inf.")
+  cosine = jnp.matmul(embeddings, centroids.T, precision=jax.lax.Precision.HIGHEST)
+  if kappa.shape == (batch,):
+    # The normalisers cancel. Shifted by each row's largest cosine before the
+    # product (kappa >= 0), so that no logit is larger than 0 whatever kappa is.
+    top = jax.lax.stop_gradient(jnp.max(cosine, axis=1, keepdims=True))
+    logits = kappa[:, None] * (cosine - top)
+  else:
+    # log C_d(kappa) + kappa cos = (log C_d(kappa) + kappa) - kappa (1 - cos):
+    # the log density at the mode, finite at any kappa, minus a non-negative
+    # term, rather than two numbers of size kappa that cancel.
+    log_mode = _log_mode_density(0.5 * embeddings.shape[1] - 1.0, kappa)
+    logits = log_mode[None, :] - kappa[None, :] * (1.0 - cosine)
+  if log_priors is not None:
     logits = logits + log_priors[None, :]
-  return jax.nn.log_softmax(logits, axis=-1)
+  # log-softmax, shifted by the row maximum (written out: XLA may not
+  # reassociate these terms).
+  shift = jax.lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
+  shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
+  shifted = logits - shift
+  return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=1, keepdims=True))
 
 
 def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (1e-2, 1e2)) -> float:
@@ -107,7 +145,9 @@ def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (1e-2, 1e2)
     ``softmax(logits / T)``.
 
   Raises:
-    ValueError: on mismatched shapes, non-finite logits or labels out of range.
+    ValueError: on mismatched shapes, non-finite or complex logits, labels
+      out of range, or ``bounds`` that are not two finite numbers
+      ``0 < low < high``.
 
   References:
     Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural
@@ -123,7 +163,11 @@ def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (1e-2, 1e2)
     >>> print(abs(temperature - 3.0) < 0.2)
     True
   """
-  logits = np.asarray(logits, np.float64)
+  low_bound, high_bound = _temperature_bounds(bounds)
+  logits = np.asarray(logits)
+  if np.iscomplexobj(logits) or not np.issubdtype(logits.dtype, np.number):
+    raise ValueError(f"logits must be real numbers, got dtype {logits.dtype}.")
+  logits = logits.astype(np.float64)
   labels = np.asarray(labels)
   if logits.ndim != 2 or labels.shape != (logits.shape[0],) or logits.shape[0] == 0:
     raise ValueError(f"logits must be (N, K) and labels (N,), got {logits.shape} and {labels.shape}.")
@@ -140,15 +184,26 @@ def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (1e-2, 1e2)
     p /= p.sum(axis=1, keepdims=True)
     return float(np.mean(np.sum(p * logits, axis=1) - true_logit))
 
-  low, high = -np.log(bounds[1]), -np.log(bounds[0])
+  low, high = -np.log(high_bound), -np.log(low_bound)
   if slope(low) >= 0:
-    return float(bounds[1])
+    return high_bound
   if slope(high) <= 0:
-    return float(bounds[0])
+    return low_bound
   for _ in range(60):
     middle = 0.5 * (low + high)
     low, high = (middle, high) if slope(middle) < 0 else (low, middle)
   return float(np.exp(-0.5 * (low + high)))
+
+
+def _temperature_bounds(bounds) -> tuple[float, float]:
+  """``(low, high)`` with ``0 < low < high`` finite, else ``ValueError``."""
+  try:
+    low, high = (float(b) for b in bounds)
+  except (TypeError, ValueError):
+    raise ValueError(f"bounds must be two numbers (low, high), got {bounds!r}.") from None
+  if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
+    raise ValueError(f"bounds must satisfy 0 < low < high (finite), got {bounds!r}.")
+  return low, high
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +242,8 @@ def fit_isotonic(confidences, correct) -> IsotonicCalibrator:
     held-out split is close to 0.
 
   Raises:
-    ValueError: on mismatched or empty inputs or non-finite confidences.
+    ValueError: on mismatched or empty inputs, non-finite or complex
+      confidences, or ``correct`` values other than 0/1 (and False/True).
 
   References:
     Zadrozny & Elkan, "Transforming classifier scores into accurate
@@ -206,13 +262,20 @@ def fit_isotonic(confidences, correct) -> IsotonicCalibrator:
   # scikit-learn is the reference implementation of the pool-adjacent-violators fit.
   from sklearn.isotonic import IsotonicRegression  # pylint: disable=import-outside-toplevel
 
-  confidences = np.asarray(confidences, np.float64)
+  confidences = np.asarray(confidences)
   correct = np.asarray(correct)
   if confidences.ndim != 1 or correct.shape != confidences.shape or confidences.size == 0:
     raise ValueError(f"confidences and correct must be equal-length 1-D arrays, got "
                      f"{confidences.shape} and {correct.shape}.")
+  for name, array in (("confidences", confidences), ("correct", correct)):
+    if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number)
+                                      or array.dtype == np.bool_):
+      raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}.")
+  confidences = confidences.astype(np.float64)
   if not np.all(np.isfinite(confidences)):
     raise ValueError("confidences contain NaN or infinite values.")
+  if not np.all((correct == 0) | (correct == 1)):
+    raise ValueError("correct must hold bools or the values 0 and 1.")
   regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
   regression.fit(confidences, correct.astype(np.float64))
   return IsotonicCalibrator(np.asarray(regression.X_thresholds_, np.float64),

@@ -6,6 +6,15 @@ antipodal points on the sphere. At points where a distance is not
 differentiable (the minimum at distance 0, the maximum ``pi`` of the
 great-circle distance between antipodal points) the gradient is the zero
 subgradient, the convention of TensorFlow Addons and pytorch-metric-learning.
+
+Magnitudes: inputs are scaled by a power of two (exact, so results are bit
+for bit those of the unscaled formulas wherever those do not overflow or
+underflow) before anything is squared. :func:`l2_normalize`, the euclidean
+distances and :func:`orthogonal_procrustes` are therefore correct for every
+finite input, up to the dtype's maximum; a squared euclidean distance is
+``inf`` exactly when its true value exceeds the dtype's range (e.g.
+``(2e20)^2`` in float32), never a wrong finite number. ``"cosine"`` and
+``"great_circle"`` expect unit vectors and use them as given.
 """
 
 from __future__ import annotations
@@ -34,11 +43,32 @@ def safe_sqrt(x: jax.Array) -> jax.Array:
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
+def _power_of_two_scale(largest: jax.Array) -> jax.Array:
+  """``2^(e-1)`` with ``largest = m 2^e``, ``m`` in [1/2, 1): dividing by it is exact.
+
+  ``largest / scale`` lies in [1, 2). Where ``largest`` is 0, below the
+  smallest normal number or not finite the scale is 1. No gradient.
+  """
+  largest = jax.lax.stop_gradient(largest)
+  _, exponent = jnp.frexp(largest)
+  scale = jnp.ldexp(jnp.ones_like(largest), exponent - 1)
+  usable = jnp.isfinite(largest) & (largest >= jnp.finfo(largest.dtype).tiny)
+  return jnp.where(usable, scale, jnp.ones_like(largest))
+
+
+def _max_abs(x: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
+  """Largest ``|x|`` (0 for empty arrays), without gradient."""
+  return jnp.max(jnp.abs(jax.lax.stop_gradient(x)), axis=axis, keepdims=keepdims, initial=0)
+
+
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   """Scales ``x`` to unit L2 norm along ``axis``: ``x / max(||x||, eps)``.
 
   The zero vector maps to the zero vector, with a finite gradient (``1/eps``
-  times the identity), never NaN.
+  times the identity), never NaN. Each vector is divided by a power of two
+  near its largest entry before it is squared (exact), so any finite vector
+  of norm ``>= eps``, up to the dtype's maximum, gets its unit direction (no
+  overflow of the squared norm to a zero vector).
 
   Args:
     x: array of any floating dtype.
@@ -56,16 +86,26 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
     [[0.6, 0.8], [0.0, 0.0]]
   """
   x = jnp.asarray(x)
+  if jnp.iscomplexobj(x):
+    raise ValueError(f"l2_normalize expects a real array, got dtype {x.dtype}.")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.result_type(float))
   dtype = x.dtype
   # The gradient at 0 is 1/eps: keep it representable in low precisions.
   eps = max(eps, float(jnp.finfo(dtype).tiny))
   if jnp.finfo(dtype).bits < 32:
     # eps**2 underflows in float16/bfloat16: accumulate the norm in float32.
     x = x.astype(jnp.float32)
-  squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  # max(||x||, eps) computed on the squared norm so that sqrt never sees 0.
-  norm = jnp.sqrt(jnp.maximum(squared_norm, jnp.asarray(eps, x.dtype) ** 2))
-  return (x / norm).astype(dtype)
+  # x / s is exact and its largest entry lies in [1, 2): the squares neither
+  # overflow nor underflow, and x / max(||x||, eps) = (x/s) / max(||x/s||, eps/s).
+  scale = _power_of_two_scale(_max_abs(x, axis=axis, keepdims=True))
+  scaled = x / scale
+  squared_norm = jnp.sum(jnp.square(scaled), axis=axis, keepdims=True)
+  positive = squared_norm > 0
+  # The double where keeps sqrt's infinite derivative at 0 out of the gradient.
+  norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, squared_norm, 1.0)), 0.0)
+  norm = jnp.maximum(norm, jnp.asarray(eps, x.dtype) / scale)
+  return (scaled / norm).astype(dtype)
 
 
 def _matmul_transposed(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -143,7 +183,7 @@ def pairwise_distances(
       vectors. Obtuse angles are computed as ``pi - 2 * arcsin(||x_i + y_j|| / 2)``
       (the same value on unit vectors), which keeps the gradient bounded at
       antipodal points. Note:
-      the N-Centroids source slides write ``2 * asin(||u - v||)``, which is
+      the N-Centroids Loss's reference notes write ``2 * asin(||u - v||)``, which is
       wrong for unit vectors (the chord ``||u - v||`` lies in ``[0, 2]``);
       this is the correct formula. Inputs are used as given: pass unit vectors.
 
@@ -151,9 +191,13 @@ def pairwise_distances(
   exactly 0. They are computed from the Gram matrix (O(N M) memory instead of
   the O(N M D) of explicit differences), so the absolute error of a squared
   distance is about ``eps * ||x||^2``: in float32, distances below roughly
-  ``3e-4 * ||x||`` are not resolved (use float64 where that matters). Gradients are finite everywhere; at identical points (distance
-  0) and at antipodal points for ``"great_circle"`` (distance pi, a maximum)
-  they are the zero subgradient.
+  ``3e-4 * ||x||`` are not resolved (use float64 where that matters). For
+  the euclidean metrics the inputs are first divided by a power of two near
+  their largest entry (exact): every finite input is handled, and a squared
+  distance is ``inf`` only when its true value exceeds the dtype's range.
+  Gradients are finite everywhere; at identical points (distance 0) and at
+  antipodal points for ``"great_circle"`` (distance pi, a maximum) they are
+  the zero subgradient.
 
   Args:
     x: array of shape ``(N, D)``.
@@ -197,13 +241,21 @@ def pairwise_distances(
       distance = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, distance)
     return jnp.where(distance > 0, distance, 0.0)
 
+  if metric in ("euclidean", "squared_euclidean"):
+    # Exact power-of-two scaling: (xx + yy - 2 xy) cannot overflow or lose
+    # distinct points to inf - inf; distances scale back linearly.
+    largest = _max_abs(x) if same else jnp.maximum(_max_abs(x), _max_abs(y))
+    scale = _power_of_two_scale(largest)
+    xs = x / scale
+    ys = xs if same else y / scale
+    xx, yy, xy = _gram_parts(xs, ys, same)
+    squared = _clamp_squared(xx + yy - 2.0 * xy, xx + yy, zero_diagonal=same)
+    if metric == "squared_euclidean":
+      return (squared * scale) * scale  # inf only when the true value overflows
+    return safe_sqrt(squared) * scale
   xx, yy, xy = _gram_parts(x, y, same)
   squared = _clamp_squared(xx + yy - 2.0 * xy, xx + yy, zero_diagonal=same)
-  if metric == "squared_euclidean":
-    return squared
   chord = safe_sqrt(squared)
-  if metric == "euclidean":
-    return chord
   # great_circle. arcsin(c/2) is ill-conditioned as c -> 2 (antipodal points),
   # where the Gram form leaves c^2 = 4 - O(eps): its derivative would reach
   # 1/sqrt(eps). For obtuse angles use the supplementary chord s = ||u + v||
@@ -242,16 +294,24 @@ def paired_distances(x: jax.Array, y: jax.Array, metric: Metric = "euclidean") -
     raise ValueError(f"Unknown metric {metric!r}; expected one of {METRICS}.")
   x, y = jnp.asarray(x), jnp.asarray(y)
   if x.shape != y.shape or x.ndim < 1:
-    raise ValueError(f"paired_distances expects two arrays of the same shape, got {x.shape} and {y.shape}.")
+    raise ValueError(f"paired_distances expects two arrays of the same shape, got {x.shape} and "
+                     f"{y.shape}.")
+  if not jnp.issubdtype(x.dtype, jnp.floating) or not jnp.issubdtype(y.dtype, jnp.floating):
+    raise ValueError(f"paired_distances expects floating inputs, got {x.dtype} and {y.dtype}.")
   if metric == "cosine":
     distance = 1.0 - jnp.sum(x * y, axis=-1)
     return jnp.where(distance > 0, distance, 0.0)
+  if metric in ("euclidean", "squared_euclidean"):
+    # Per pair, an exact power-of-two scale: x - y and its square cannot overflow.
+    scale = _power_of_two_scale(
+        jnp.maximum(_max_abs(x, axis=-1, keepdims=True), _max_abs(y, axis=-1, keepdims=True)))
+    squared = jnp.sum(jnp.square(x / scale - y / scale), axis=-1)
+    scale = scale[..., 0]
+    if metric == "squared_euclidean":
+      return (squared * scale) * scale  # inf only when the true value overflows
+    return safe_sqrt(squared) * scale
   squared = jnp.sum(jnp.square(x - y), axis=-1)
-  if metric == "squared_euclidean":
-    return squared
   chord = safe_sqrt(squared)
-  if metric == "euclidean":
-    return chord
   supplementary = safe_sqrt(jnp.sum(jnp.square(x + y), axis=-1))
   return jnp.where(chord <= supplementary, _half_angle(chord), jnp.pi - _half_angle(supplementary))
 
@@ -273,8 +333,15 @@ def orthogonal_procrustes(source: jax.Array, target: jax.Array) -> jax.Array:
   Returns:
     ``(D, D)`` orthogonal ``R``.
 
+  Both inputs are divided by a power of two near their largest entry first
+  (``R`` does not change), so any finite input works. The derivative is that
+  of the polar factor, ``dR = U X V^T`` with ``X_ij = (A_ij - A_ji) / (s_i +
+  s_j)`` and ``A = U^T dM V``, set to 0 where ``s_i + s_j = 0`` (rank
+  deficiency of two or more, e.g. all-zero inputs, where ``R`` is not
+  unique): gradients are finite everywhere.
+
   Raises:
-    ValueError: not two ``(N, D)`` arrays of one shape.
+    ValueError: not two ``(N, D)`` real arrays of one shape.
 
   Example:
     >>> import jax.numpy as jnp
@@ -288,5 +355,30 @@ def orthogonal_procrustes(source: jax.Array, target: jax.Array) -> jax.Array:
   if source.ndim != 2 or source.shape != target.shape:
     raise ValueError(f"orthogonal_procrustes expects two (N, D) arrays of one shape, got "
                      f"{source.shape} and {target.shape}.")
-  u, _, vt = jnp.linalg.svd(source.T @ target)
+  for array in (source, target):
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+      raise ValueError(f"orthogonal_procrustes expects real floating arrays, got {array.dtype}.")
+  source = source / _power_of_two_scale(_max_abs(source))
+  target = target / _power_of_two_scale(_max_abs(target))
+  return _polar_factor(jnp.matmul(source.T, target, precision=jax.lax.Precision.HIGHEST))
+
+
+@jax.custom_jvp
+def _polar_factor(m: jax.Array) -> jax.Array:
+  """``U V^T`` of the SVD ``m = U S V^T``: the orthogonal factor of the polar decomposition."""
+  u, _, vt = jnp.linalg.svd(m)
   return u @ vt
+
+
+@_polar_factor.defjvp
+def _polar_factor_jvp(primals, tangents):
+  (m,), (dm,) = primals, tangents
+  u, s, vt = jnp.linalg.svd(m)
+  # m = R P, dm = U (X S + Y) V^T with X antisymmetric and Y symmetric, so
+  # (A - A^T)_ij = X_ij (s_i + s_j) for A = U^T dm V.
+  a = u.T @ dm @ vt.T
+  total = s[:, None] + s[None, :]
+  # Below the SVD's own rounding, s_i + s_j is 0: R is not unique there.
+  positive = total > 4 * jnp.finfo(m.dtype).eps * jnp.maximum(s[0], jnp.finfo(m.dtype).tiny)
+  x = jnp.where(positive, (a - a.T) / jnp.where(positive, total, 1.0), 0.0)
+  return u @ vt, u @ x @ vt

@@ -53,7 +53,8 @@ def test_update_is_jittable_and_equal():
 
 
 def test_sign_is_one_minus_alpha_not_alpha_minus_one():
-  # The slides' (alpha - 1) would move a centroid away from its own class.
+  # The opposite sign, (alpha - 1) for the old centroid's weight, would move a centroid away from its
+  # own class.
   c = jnp.array([[1.0, 0.0], [0.0, 1.0]])
   x = jnp.array([[0.6, 0.8]])
   new = cl.update_centroids(c, x, jnp.array([0]), 0.1)

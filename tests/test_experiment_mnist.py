@@ -29,23 +29,26 @@ def test_command_runs_a_few_steps_and_writes_its_outputs(tmp_path):
   data = write_fake_mnist(tmp_path / "data")
   workdir = tmp_path / "run"
   result = _run(["--config=configs/ncl_2d.py", f"--config.data_dir={data}",
-                 "--config.num_epochs=1", "--config.sampler=shuffled", "--config.batch_size=48",
+                 "--config.num_epochs=1", "--config.validation_examples=48", "--config.sampler=shuffled", "--config.batch_size=48",
                  "--config.features=(4, 8)",
                  "--config.log_every_steps=2", f"--workdir={workdir}"], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "nearest-centroid test accuracy" in result.stdout
   assert "steps/s" in result.stderr and "ETA" in result.stderr  # the progress report
   metrics = json.loads((workdir / "metrics.json").read_text())
-  assert metrics["num_train_steps"] == 5 and 0 <= metrics["test_accuracy"] <= 1
+  # 240 fake images, 48 held out for the calibration: 4 batches of 48.
+  assert metrics["num_train_steps"] == 4 and 0 <= metrics["test_accuracy"] <= 1
   assert (workdir / "embeddings.png").stat().st_size > 0
-  assert (workdir / "checkpoints" / "train" / "5").is_dir()
+  assert (workdir / "checkpoints" / "train" / "4").is_dir()
+  assert (workdir / "model" / "model.json").is_file() and (workdir / "FIGURES.md").is_file()
+  assert 0 < metrics["model/coverage"] <= 1
 
 
 def test_cpu_devices_flag_trains_on_a_mesh_of_that_many_cpu_devices(tmp_path):
   data = write_fake_mnist(tmp_path / "data")
   workdir = tmp_path / "run"
   result = _run(["--config=configs/ncl_2d.py", f"--config.data_dir={data}", "--cpu_devices=2",
-                 "--config.num_epochs=1", "--config.sampler=shuffled", "--config.batch_size=48",
+                 "--config.validation_examples=0", "--config.num_epochs=1", "--config.sampler=shuffled", "--config.batch_size=48",
                  "--config.features=(4, 8)", "--config.figures=False", f"--workdir={workdir}"],
                 tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -90,7 +93,8 @@ def test_a_run_that_failed_before_training_is_one_message_and_its_workdir_reusab
   # The corrected command, another config in the same workdir: nothing was trained, so it runs.
   data = write_fake_mnist(tmp_path / "data")
   result = _run(["--config=configs/ncl_2d.py", f"--config.data_dir={data}",
-                 "--config.num_epochs=1", "--config.sampler=shuffled", "--config.batch_size=48",
+                 "--config.num_epochs=1", "--config.validation_examples=0",
+                 "--config.sampler=shuffled", "--config.batch_size=48",
                  "--config.features=(4, 8)", "--config.figures=False", f"--workdir={workdir}"],
                 tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -146,7 +150,7 @@ def test_summarize_groups_seeds_into_mean_and_std(tmp_path):
   assert "| mnist | ncl | euclidean | 2 | vmf | 97.00 ± 0.00 | — | 0.8500 ± 0.0707 | 2 | 10 |" in table
 
 
-def test_summarize_hib_groups_models_and_shows_the_talks_numbers(tmp_path):
+def test_summarize_hib_groups_models_and_shows_the_papers_numbers(tmp_path):
   from experiments import summarize
   for seed, ap in enumerate((0.98, 0.96)):
     workdir = tmp_path / f"mog1_{seed}"

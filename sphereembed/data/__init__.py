@@ -2,8 +2,11 @@
 
 Sources. :func:`load_dataset` returns a :class:`Dataset` (uint8 images
 ``(N, H, W, C)``, int32 labels) for ``"mnist"``, ``"fashion_mnist"``,
-``"mnist10k"`` (local IDX folders), ``"cifar10"`` and ``"cifar100"`` (TFDS).
-It takes the first of these that has the data:
+``"mnist10k"`` (local IDX folders), ``"cifar10"`` and ``"cifar100"`` (TFDS),
+and your own data: ``"folder:PATH"`` (a folder of images per class),
+``"npz:PATH"`` and ``"tfds:NAME[:CONFIG]"`` (:mod:`~sphereembed.data.files`);
+:meth:`Dataset.from_arrays` builds one from arrays. For the named datasets it
+takes the first of these that has the data:
 
 1. ``data_dir`` (``--config.data_dir``): a canonical IDX folder holding
    ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
@@ -39,7 +42,14 @@ from sphereembed.data.samplers import (
     class_weights,
     subsample_classes,
 )
-from sphereembed.data.sources import DATA_DIR_ENV, DataNotFoundError, Dataset, Split, load_dataset
+from sphereembed.data.sources import (
+    DATA_DIR_ENV,
+    DataNotFoundError,
+    Dataset,
+    Split,
+    check_dataset_name,
+    load_dataset,
+)
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -49,6 +59,7 @@ __all__ = [
     "Dataset",
     "ShuffledSampler",
     "Split",
+    "check_dataset_name",
     "class_weights",
     "load_dataset",
     "read_idx",

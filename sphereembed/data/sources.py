@@ -35,16 +35,23 @@ __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
     "IDX_FILES",
+    "USER_DATA_PREFIXES",
     "DataNotFoundError",
     "Dataset",
     "Split",
     "default_data_roots",
     "load_dataset",
     "load_idx_folder",
+    "as_uint8_images",
+    "check_dataset_name",
     "load_tfds",
+    "tfds_builder",
 ]
 
 DATA_DIR_ENV = "SPHEREEMBED_DATA_DIR"
+
+#: The dataset-name prefixes of your own data (:mod:`sphereembed.data.files`).
+USER_DATA_PREFIXES = ("folder:", "npz:", "tfds:")
 
 #: The canonical MNIST file names: (split, images file, labels file).
 IDX_FILES: tuple[tuple[str, str, str], ...] = (
@@ -98,12 +105,17 @@ class Split:
 class Dataset:
   """An image classification dataset with a train and a test split.
 
+  Build one from your own arrays with :meth:`from_arrays`, or from a folder of
+  images or an ``.npz`` file with :func:`load_dataset` (``"folder:PATH"``,
+  ``"npz:PATH"``).
+
   Attributes:
     name: the dataset's name, as given to :func:`load_dataset`.
     train: the training split.
     test: the test split.
     num_classes: labels lie in ``[0, num_classes)``.
     source: where the data came from (a folder, or ``"tfds:<name> (<folder>)"``).
+    class_names: the name of each class (``None``: the class indices are the names).
   """
 
   name: str
@@ -111,10 +123,18 @@ class Dataset:
   test: Split
   num_classes: int
   source: str
+  class_names: tuple[str, ...] | None = None
 
   def __post_init__(self):
     if self.num_classes < 1:
       raise ValueError(f"num_classes must be positive, got {self.num_classes}.")
+    if self.class_names is not None:
+      names = tuple(str(name) for name in self.class_names)
+      if len(names) != self.num_classes:
+        raise ValueError(f"{len(names)} class names for {self.num_classes} classes.")
+      if len(set(names)) != len(names):
+        raise ValueError(f"class names must be distinct, got {list(names)}.")
+      object.__setattr__(self, "class_names", names)
     for split_name, split in (("train", self.train), ("test", self.test)):
       labels = split.labels
       if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -130,6 +150,123 @@ class Dataset:
   def image_shape(self) -> tuple[int, int, int]:
     """``(H, W, C)`` of the images."""
     return tuple(self.train.images.shape[1:])
+
+  def names(self) -> tuple[str, ...]:
+    """:attr:`class_names`, or ``("0", "1", ...)`` when the dataset has none."""
+    return self.class_names or tuple(str(k) for k in range(self.num_classes))
+
+  @classmethod
+  def from_arrays(cls, name: str, x_train, y_train, x_test, y_test, *,
+                  class_names=None, source: str = "arrays") -> "Dataset":
+    """A dataset from arrays: images ``(N, H, W)`` or ``(N, H, W, C)``, labels ``(N,)``.
+
+    Images may be uint8, or floats in [0, 1] (scaled by 255) or in [0, 255];
+    they are stored as uint8. Labels are integers in ``[0, K)``, or strings
+    (then the sorted distinct strings are the class names). Every class must
+    have training images.
+
+    Args:
+      name: the dataset's name (recorded in the run's config).
+      x_train, y_train, x_test, y_test: the two splits.
+      class_names: ``K`` names for integer labels (default: none).
+      source: where the arrays came from, for messages and ``metrics.json``.
+
+    Returns:
+      The dataset, ``num_classes`` = the number of classes.
+
+    Raises:
+      ValueError: a message naming the array (and ``source``) for images that
+        are not 3-D or 4-D, non-finite or out-of-range pixels, labels that are
+        not integers or strings, mismatched lengths, fewer than 2 classes, a
+        class without training images, or a test label unknown to training.
+
+    Example:
+      >>> import numpy as np
+      >>> images = np.zeros((6, 8, 8), np.uint8)
+      >>> data = Dataset.from_arrays("toy", images, ["cat", "dog", "cat", "dog", "cat", "dog"],
+      ...                            images[:2], ["dog", "cat"])
+      >>> data.class_names, data.num_classes, data.image_shape, data.test.labels.tolist()
+      (('cat', 'dog'), 2, (8, 8, 1), [1, 0])
+    """
+    x = {"x_train": x_train, "x_test": x_test}
+    y = {"y_train": np.asarray(y_train), "y_test": np.asarray(y_test)}
+    images = {key: as_uint8_images(value, f"{source}: {key}") for key, value in x.items()}
+    for key in y:
+      if y[key].ndim != 1:
+        raise ValueError(f"{source}: {key} must have shape (N,), got {y[key].shape}.")
+    for split in ("train", "test"):
+      if len(images[f"x_{split}"]) != len(y[f"y_{split}"]):
+        raise ValueError(f"{source}: x_{split} holds {len(images[f'x_{split}'])} images but "
+                         f"y_{split} {len(y[f'y_{split}'])} labels.")
+    if images["x_train"].shape[1:] != images["x_test"].shape[1:]:
+      raise ValueError(f"{source}: x_train images are {images['x_train'].shape[1:]} but x_test "
+                       f"images {images['x_test'].shape[1:]}.")
+    kinds = {y[key].dtype.kind for key in y if y[key].size}
+    if kinds and kinds <= {"U", "S"}:
+      if class_names is not None:
+        raise ValueError(f"{source}: string labels are their own class names; drop class_names.")
+      class_names = sorted(set(y["y_train"].astype(str).tolist()))
+      index = {label: k for k, label in enumerate(class_names)}
+      unknown = sorted(set(y["y_test"].astype(str).tolist()) - set(index))
+      if unknown:
+        raise ValueError(f"{source}: y_test has labels without training images: {unknown[:5]}.")
+      labels = {key: np.asarray([index[v] for v in value.astype(str).tolist()], np.int64)
+                for key, value in y.items()}
+      num_classes = len(class_names)
+    else:
+      for key, value in y.items():
+        if value.size and value.dtype.kind not in "iu":
+          raise ValueError(f"{source}: {key} must hold integer (or string) labels, found "
+                           f"{value.dtype}.")
+        if value.size and value.min() < 0:
+          raise ValueError(f"{source}: {key} has the negative label {value.min()}.")
+      labels = {key: value.astype(np.int64) for key, value in y.items()}
+      largest = max((int(value.max()) for value in labels.values() if value.size), default=-1)
+      num_classes = len(class_names) if class_names is not None else largest + 1
+      if largest >= num_classes:
+        raise ValueError(f"{source}: label {largest} but only {num_classes} class names.")
+    if num_classes < 2:
+      raise ValueError(f"{source}: {num_classes} class(es); metric learning needs at least 2.")
+    counts = np.bincount(labels["y_train"], minlength=num_classes)
+    if np.any(counts == 0):
+      missing = np.flatnonzero(counts == 0)
+      named = [class_names[k] if class_names is not None else int(k) for k in missing[:5]]
+      raise ValueError(f"{source}: class(es) {named} have no training images "
+                       f"({len(missing)} of {num_classes}).")
+    return cls(name, Split(images["x_train"], labels["y_train"]),
+               Split(images["x_test"], labels["y_test"]), num_classes, source,
+               tuple(class_names) if class_names is not None else None)
+
+
+def as_uint8_images(images, what: str) -> np.ndarray:
+  """``(N, H, W, C)`` uint8 from uint8, integer or float ``(N, H, W)`` / ``(N, H, W, C)`` images.
+
+  Floats in [0, 1] are scaled by 255, floats beyond 1 are taken as 0..255
+  values; anything else (NaN, negative, above 255) is a ``ValueError``
+  naming ``what``.
+  """
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4:
+    raise ValueError(f"{what} must have shape (N, H, W) or (N, H, W, C), got {images.shape}.")
+  if images.dtype == np.uint8:
+    return images
+  if images.dtype.kind == "f":
+    if images.size and not np.all(np.isfinite(images)):
+      raise ValueError(f"{what} holds NaN or infinite pixels.")
+    low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+    if low < 0 or high > 255:
+      raise ValueError(f"{what}: float pixels must lie in [0, 1] or [0, 255], found "
+                       f"[{low:g}, {high:g}].")
+    scale = 255.0 if high <= 1 else 1.0
+    return np.clip(np.rint(images.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+  if images.dtype.kind in "iu":
+    if images.size and (images.min() < 0 or images.max() > 255):
+      raise ValueError(f"{what}: integer pixels must lie in [0, 255], found "
+                       f"[{images.min()}, {images.max()}].")
+    return images.astype(np.uint8)
+  raise ValueError(f"{what} must hold uint8 or float pixels, found {images.dtype}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +433,41 @@ def _split_from_source(source) -> Split:
   return Split(images, labels)
 
 
+def tfds_builder(tfds_name: str, tfds_data_dir: str | os.PathLike | None = None, *,
+                 download: bool = False):
+  """A prepared TFDS builder for ``tfds_name`` (``"name"`` or ``"name/config"``), or ``(None, why)``.
+
+  Prepares it first when ``download`` is set and the network answers within
+  2 s. Never raises for a missing dataset; never downloads otherwise.
+
+  Returns:
+    ``(builder, "found")`` or ``(None, reason)``.
+  """
+  if tfds_data_dir is not None:
+    tfds_data_dir = os.fspath(tfds_data_dir)
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except Exception as e:  # pylint: disable=broad-except
+    return None, f"tensorflow_datasets cannot be imported ({type(e).__name__}: {e})"
+  try:
+    builder = tfds.builder(tfds_name, data_dir=tfds_data_dir)
+    where = str(builder.data_dir)
+    prepared = builder.is_prepared()
+  except Exception as e:  # pylint: disable=broad-except
+    return None, f"no TFDS builder ({type(e).__name__}: {e})"
+  if not prepared:
+    if not download:
+      return None, f"not prepared in {where}, and download=False"
+    if not _network_reachable():
+      return None, (f"not prepared in {where}; download=True but {_PROBE_ADDRESS[0]} is not "
+                    f"reachable within {_PROBE_TIMEOUT_S:g} s (no internet?)")
+    try:
+      builder.download_and_prepare(file_format="array_record")
+    except Exception as e:  # pylint: disable=broad-except
+      return None, f"download into {where} failed ({type(e).__name__}: {e})"
+  return builder, "found"
+
+
 def load_tfds(name: str, tfds_data_dir: str | os.PathLike | None = None, *,
               download: bool = False) -> tuple[Dataset | None, str]:
   """The dataset from TFDS, or ``(None, why it is not available)``.
@@ -326,28 +498,10 @@ def load_tfds(name: str, tfds_data_dir: str | os.PathLike | None = None, *,
   spec = DATASETS[name]
   if not spec.tfds_name:
     raise ValueError(f"{name} is not in TFDS: it must come from a local IDX folder.")
-  if tfds_data_dir is not None:
-    tfds_data_dir = os.fspath(tfds_data_dir)
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except Exception as e:  # pylint: disable=broad-except
-    return None, f"tensorflow_datasets cannot be imported ({type(e).__name__}: {e})"
-  try:
-    builder = tfds.builder(spec.tfds_name, data_dir=tfds_data_dir)
-    where = str(builder.data_dir)
-    prepared = builder.is_prepared()
-  except Exception as e:  # pylint: disable=broad-except
-    return None, f"no TFDS builder ({type(e).__name__}: {e})"
-  if not prepared:
-    if not download:
-      return None, f"not prepared in {where}, and download=False"
-    if not _network_reachable():
-      return None, (f"not prepared in {where}; download=True but {_PROBE_ADDRESS[0]} is not "
-                    f"reachable within {_PROBE_TIMEOUT_S:g} s (no internet?)")
-    try:
-      builder.download_and_prepare(file_format="array_record")
-    except Exception as e:  # pylint: disable=broad-except
-      return None, f"download into {where} failed ({type(e).__name__}: {e})"
+  builder, why = tfds_builder(spec.tfds_name, tfds_data_dir, download=download)
+  if builder is None:
+    return None, why
+  where = str(builder.data_dir)
   try:
     train = _split_from_source(builder.as_data_source(split="train"))
     test = _split_from_source(builder.as_data_source(split="test"))
@@ -361,7 +515,11 @@ def load_tfds(name: str, tfds_data_dir: str | os.PathLike | None = None, *,
 
 
 def _help_message(name: str, spec: _Spec, tried: list[str]) -> str:
-  lines = [f"Dataset {name!r} was not found. Ways to provide it:"]
+  lines = [f"Dataset {name!r} was not found."]
+  if spec.tfds_name:
+    lines[0] += (" On a machine with internet, the quickest fix is to add --config.download=True "
+                 "(TFDS downloads it once).")
+  lines.append("Ways to provide it:")
   if spec.folders:
     files = ", ".join(f for _, *names in IDX_FILES for f in names)
     folder = spec.folders[0]
@@ -395,17 +553,24 @@ def load_dataset(
     *,
     tfds_data_dir: str | os.PathLike | None = None,
     download: bool = False,
+    test_fraction: float = 0.2,
+    image_size: int = 0,
 ) -> Dataset:
   """Loads ``name`` from the first source that has it (see the module docstring).
 
   Args:
     name: one of ``"mnist"``, ``"fashion_mnist"``, ``"mnist10k"`` (local
-      folders only), ``"cifar10"``, ``"cifar100"`` (TFDS only).
+      folders only), ``"cifar10"``, ``"cifar100"`` (TFDS only), or your own
+      data: ``"folder:PATH"``, ``"npz:PATH"``, ``"tfds:NAME[:CONFIG]"``
+      (:mod:`sphereembed.data.files`).
     data_dir: a canonical IDX folder or a folder containing the dataset's
       folder. When given, it must hold the data.
     tfds_data_dir: TFDS's data folder (TFDS's default when ``None``).
     download: let TFDS download the dataset when it is not prepared; only
       attempted when the network answers within 2 s.
+    test_fraction: ``"folder:"`` data without ``train/`` and ``test/``: the
+      share of each class held out for testing.
+    image_size: when positive, every image is resized to this square size.
 
   Returns:
     The dataset: uint8 images ``(N, H, W, C)`` and int32 labels.
@@ -416,8 +581,40 @@ def load_dataset(
       hold it. The message lists the ways to provide it and the places tried.
     CorruptDataError: a local folder has the files but they are invalid.
   """
+  dataset = _load_any(name, data_dir, tfds_data_dir=tfds_data_dir, download=download,
+                      test_fraction=test_fraction, image_size=image_size)
+  if image_size and dataset.image_shape[:2] != (image_size, image_size):
+    from sphereembed.data import files  # pylint: disable=import-outside-toplevel
+    dataset = dataclasses.replace(
+        dataset, train=Split(files.resize_images(dataset.train.images, image_size),
+                             dataset.train.labels),
+        test=Split(files.resize_images(dataset.test.images, image_size), dataset.test.labels))
+  return dataset
+
+
+def check_dataset_name(name: str) -> None:
+  """Raises ``ValueError`` unless ``name`` is a known dataset or a ``folder:``/``npz:``/``tfds:`` one."""
+  if name.startswith(USER_DATA_PREFIXES):
+    if not name.split(":", 1)[1]:
+      raise ValueError(f"dataset {name!r} lacks its path or name after the colon.")
+    return
   if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}.")
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, or your own data "
+                     "as folder:PATH (a folder per class), npz:PATH (x_train, y_train, x_test, "
+                     "y_test) or tfds:NAME[:CONFIG].")
+
+
+def _load_any(name, data_dir, *, tfds_data_dir, download, test_fraction, image_size) -> Dataset:
+  check_dataset_name(name)
+  if name.startswith(USER_DATA_PREFIXES):
+    from sphereembed.data import files  # pylint: disable=import-outside-toplevel
+    kind, where = name.split(":", 1)
+    if kind == "folder":
+      return files.load_image_folder(where, test_fraction=test_fraction, image_size=image_size,
+                                     name=name)
+    if kind == "npz":
+      return files.load_npz(where, name=name)
+    return files.load_tfds_images(where, tfds_data_dir, download=download, name=name)
   spec = DATASETS[name]
   tried: list[str] = []
 

@@ -463,6 +463,25 @@ def _is_tracer(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
+def concrete_value(x):
+  """``x`` as a NumPy array when its value is known, else ``None``.
+
+  Plain arrays are; so are the tracers of an eager ``grad``/``jvp`` (they
+  carry the concrete input), not those of ``jit`` or ``vmap``. (The same
+  rule as :func:`sphereembed.losses.checks.concrete_value`, repeated here to
+  keep the distributions free of the losses package.)
+  """
+  if isinstance(x, jax.core.Tracer):
+    try:
+      from jax._src import core as jax_core  # pylint: disable=import-outside-toplevel
+      x = jax_core.to_concrete_value(x)
+    except Exception:  # pylint: disable=broad-except
+      return None
+    if x is None or isinstance(x, jax.core.Tracer):
+      return None
+  return np.asarray(x)
+
+
 def _as_order(v):
   """A Python float when ``v`` is concrete, else the traced 0-d array."""
   if _is_tracer(v):
@@ -472,6 +491,8 @@ def _as_order(v):
   array = np.asarray(v)
   if array.ndim != 0:
     raise ValueError(f"The order v must be a scalar, got shape {array.shape}.")
+  if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number)):
+    raise ValueError(f"The order v must be a real number, got dtype {array.dtype}.")
   value = float(array)
   if not (value >= 0 and math.isfinite(value)):
     raise ValueError(f"The order v must be finite and >= 0, got {value}.")
@@ -480,10 +501,13 @@ def _as_order(v):
 
 def _as_argument(z, name: str = "z") -> jax.Array:
   z = jnp.asarray(z)
+  if jnp.iscomplexobj(z):
+    raise ValueError(f"{name} must be real, got dtype {z.dtype}.")
   if not jnp.issubdtype(z.dtype, jnp.floating):
     z = z.astype(jnp.result_type(float))
   # numpy, not jnp: inside a jit trace even a constant's jnp comparison is traced.
-  if not _is_tracer(z) and np.any(np.asarray(z) < 0):
+  values = concrete_value(z)
+  if values is not None and np.any(values < 0):
     raise ValueError(f"{name} must be >= 0 (I_v of a negative argument is not real).")
   return z
 
@@ -539,8 +563,11 @@ def _log_ive(order, z):
   quantities = parts(order, z)
   zero = _order_is_zero(order)
   at_zero = jnp.where(zero, 0.0, -jnp.inf)
-  value = jnp.where(z > 0, quantities.log_ive, jnp.where(z == 0, at_zero, jnp.nan))
-  slope = jnp.where(z > 0, quantities.dlog,
+  # z = inf: log(I_v(z) e^-z) ~ -log(2 pi z) / 2 -> -inf, with slope 0.
+  infinite = z == jnp.inf
+  value = jnp.where(z > 0, jnp.where(infinite, -jnp.inf, quantities.log_ive),
+                    jnp.where(z == 0, at_zero, jnp.nan))
+  slope = jnp.where(z > 0, jnp.where(infinite, 0.0, quantities.dlog),
                     jnp.where(z == 0, jnp.where(zero, -1.0, jnp.inf), jnp.nan))
   return value.astype(z.dtype), slope.astype(z.dtype)
 
@@ -553,14 +580,19 @@ def _ratio_evaluate(order, z):
   that difference cancels).
   """
   quantities = parts(order, z)
-  ratio = jnp.where(z > 0, quantities.ratio, jnp.where(z == 0, 0.0, jnp.nan)).astype(z.dtype)
-  complement = jnp.where(z > 0, quantities.complement, jnp.where(z == 0, 1.0, jnp.nan))
+  # z = inf: the limits 1 and 0 (the expansions would divide inf by inf).
+  infinite = z == jnp.inf
+  ratio = jnp.where(z > 0, jnp.where(infinite, 1.0, quantities.ratio),
+                    jnp.where(z == 0, 0.0, jnp.nan)).astype(z.dtype)
+  complement = jnp.where(z > 0, jnp.where(infinite, 0.0, quantities.complement),
+                         jnp.where(z == 0, 1.0, jnp.nan))
   complement = complement.astype(z.dtype)
   # r' = 1 - r^2 - (2v+1) r/z = (1 - r)(1 + r) - (2v+1) r/z; r' -> 1/(2v+2) as z -> 0.
   positive = z > 0
   safe_z = jnp.where(positive, z, 1.0)
   slope = jnp.where(positive, complement * (1.0 + ratio) - (2.0 * order + 1.0) * ratio / safe_z,
-                    1.0 / (2.0 * order + 2.0)).astype(z.dtype)
+                    1.0 / (2.0 * order + 2.0))
+  slope = jnp.where(infinite, 0.0, slope).astype(z.dtype)
   return (ratio, complement), (slope, -slope)
 
 
@@ -580,15 +612,16 @@ def log_bessel_ive(v, z) -> jax.Array:
       selects the method at trace time; a traced one works too (both methods
       are traced). Not differentiated.
     z: array of arguments ``> 0``. ``z = 0`` gives the limit (0 for ``v = 0``,
-      ``-inf`` otherwise); ``z < 0`` raises when ``z`` is concrete and gives
-      NaN under ``jit``. Integer arrays are converted to the default float.
+      ``-inf`` otherwise) and ``z = inf`` the limit ``-inf``; ``z < 0``
+      raises when ``z`` is concrete and gives NaN under ``jit``. Integer
+      arrays are converted to the default float; complex ones are refused.
 
   Returns:
     An array of the shape and floating dtype of ``z``.
 
   Raises:
-    ValueError: if ``v`` is negative, not finite or not a scalar, or if a
-      concrete ``z`` has negative entries.
+    ValueError: if ``v`` is negative, not finite or not a scalar, if ``z`` is
+      complex, or if a concrete ``z`` has negative entries.
 
   Example:
     >>> import jax.numpy as jnp
@@ -612,8 +645,8 @@ def bessel_iv_ratio(v, z) -> jax.Array:
 
   Args:
     v: the order, a Python float or a 0-d array, ``>= 0``.
-    z: array of arguments ``>= 0`` (0 gives 0; see :func:`log_bessel_ive`
-      for negative entries).
+    z: array of arguments ``>= 0`` (0 gives 0 and ``inf`` the limit 1; see
+      :func:`log_bessel_ive` for negative entries).
 
   Returns:
     An array of the shape and floating dtype of ``z``.

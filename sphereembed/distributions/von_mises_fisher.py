@@ -71,6 +71,8 @@ def _check_dim(dim) -> int:
 
 def _as_float_array(x, name: str) -> jax.Array:
   x = jnp.asarray(x)
+  if jnp.iscomplexobj(x):
+    raise ValueError(f"{name} must be real, got dtype {x.dtype}.")
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.result_type(float))
   return x
@@ -79,8 +81,9 @@ def _as_float_array(x, name: str) -> jax.Array:
 def _check_concentration(kappa, name: str = "kappa") -> jax.Array:
   kappa = _as_float_array(kappa, name)
   # numpy, not jnp: inside a jit trace even a constant's jnp comparison is traced.
-  if not _is_tracer(kappa) and not np.all(np.asarray(kappa) >= 0):
-    raise ValueError(f"{name} must be >= 0 and not NaN.")
+  values = bessel.concrete_value(kappa)
+  if values is not None and not np.all((values >= 0) & np.isfinite(values)):
+    raise ValueError(f"{name} must be finite and >= 0 (not NaN or inf).")
   return kappa
 
 
@@ -104,6 +107,7 @@ def _log_normalizer_evaluate(order, kappa):
   mean_length, _ = bessel.ratio_and_complement(order, kappa)
   value = jnp.where(kappa > 0, quantities.log_plain,
                     jnp.where(kappa == 0, -log_sphere_area(dim), jnp.nan))
+  value = jnp.where(kappa == jnp.inf, -jnp.inf, value)  # the limit (traced inf only)
   return value.astype(kappa.dtype), -mean_length
 
 
@@ -117,6 +121,7 @@ def _log_mode_density_evaluate(order, kappa):
   _, complement = bessel.ratio_and_complement(order, kappa)
   value = jnp.where(kappa > 0, quantities.log_shift,
                     jnp.where(kappa == 0, -log_sphere_area(dim), jnp.nan))
+  value = jnp.where(kappa == jnp.inf, jnp.inf, value)  # the limit (traced inf only)
   return value.astype(kappa.dtype), complement
 
 
@@ -147,8 +152,9 @@ def vmf_log_normalizer(kappa, dim: int) -> jax.Array:
     An array of the shape and dtype of ``kappa``.
 
   Raises:
-    ValueError: if ``dim`` is not an int >= 2, or if ``kappa`` is concrete
-      and has negative or NaN entries (under ``jit`` these give NaN).
+    ValueError: if ``dim`` is not an int >= 2, if ``kappa`` is complex, or if
+      ``kappa`` is concrete and has negative, NaN or infinite entries (under
+      ``jit`` negative and NaN entries give NaN, ``inf`` the limit ``-inf``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -175,7 +181,8 @@ def mean_resultant_length(kappa, dim: int) -> jax.Array:
     dim: the ambient dimension ``d >= 2``.
 
   Returns:
-    An array of the shape and dtype of ``kappa``, in ``[0, 1)``.
+    An array of the shape and dtype of ``kappa``, in ``[0, 1]`` (1 is reached
+    by rounding at large ``kappa``, and is the limit at a traced ``inf``).
 
   Raises:
     ValueError: as :func:`vmf_log_normalizer`.
@@ -206,6 +213,10 @@ def inverse_mean_resultant_length(r, dim: int, *, newton_steps: int | None = Non
   ``1 - r`` changes ``kappa`` by about ``e`` too, so ``kappa`` is as accurate
   as ``1 - r`` is (``2 kappa / (d - 1)`` ulps of ``r``).
 
+  The derivative is ``1 / A_d'(kappa)`` (implicit differentiation, a custom
+  JVP, finite for every ``r`` in ``[0, 1)``; ``d`` at ``r = 0``); at
+  ``r = 1`` (``kappa = inf``) it is set to 0.
+
   Args:
     r: array of mean resultant lengths in ``[0, 1]``.
     dim: the ambient dimension ``d >= 2``.
@@ -228,11 +239,36 @@ def inverse_mean_resultant_length(r, dim: int, *, newton_steps: int | None = Non
   """
   dim = _check_dim(dim)
   r = _as_float_array(r, "r")
-  if not _is_tracer(r) and not np.all((np.asarray(r) >= 0) & (np.asarray(r) <= 1)):
+  values = bessel.concrete_value(r)
+  if values is not None and not np.all((values >= 0) & (values <= 1)):
     raise ValueError("r must lie in [0, 1].")
-  dtype = r.dtype
   if newton_steps is None:
-    newton_steps = 8 if jnp.finfo(dtype).bits > 32 else 6
+    newton_steps = 8 if jnp.finfo(r.dtype).bits > 32 else 6
+  return _inverse_mean_resultant_length(dim, int(newton_steps), r)
+
+
+def _mean_resultant_slope(dim: int, kappa: jax.Array) -> jax.Array:
+  """``A_d'(kappa) = 1 - A_d^2 - (d-1) A_d / kappa``, kept positive and finite.
+
+  The difference cancels as ``kappa`` grows (its value is ``~(d-1)/(2
+  kappa^2)`` and its rounding error ``~eps kappa`` times that): beyond
+  ``kappa = sqrt(d / eps)`` the leading asymptotic term is used, with a
+  relative error of about ``d / kappa <= sqrt(d eps)``. Elsewhere it is kept
+  above a quarter of its limits (``1/d`` at 0, ``(d-1)/(2 kappa^2)`` at
+  infinity).
+  """
+  mean_length, complement = bessel.ratio_and_complement(_order(dim), kappa)
+  safe = jnp.where(kappa > 0, kappa, 1.0)
+  direct = complement * (1.0 + mean_length) - (dim - 1.0) * mean_length / safe
+  asymptotic = 0.5 * (dim - 1.0) / safe / safe
+  direct = jnp.maximum(direct, 0.25 * jnp.minimum(1.0 / dim, asymptotic))
+  switch = math.sqrt(dim / float(jnp.finfo(kappa.dtype).eps))
+  return jnp.where(kappa == 0, 1.0 / dim, jnp.where(kappa > switch, asymptotic, direct))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _inverse_mean_resultant_length(dim: int, newton_steps: int, r: jax.Array) -> jax.Array:
+  dtype = r.dtype
   order = _order(dim)
   inside = (r > 0) & (r < 1)
   safe_r = jnp.where(inside, r, 0.5)
@@ -253,6 +289,18 @@ def inverse_mean_resultant_length(r, dim: int, *, newton_steps: int | None = Non
   kappa = jax.lax.fori_loop(0, newton_steps, newton_step, kappa)
   kappa = jnp.where(inside, kappa, jnp.where(r == 0, 0.0, jnp.where(r == 1, jnp.inf, jnp.nan)))
   return kappa.astype(dtype)
+
+
+@_inverse_mean_resultant_length.defjvp
+def _inverse_mean_resultant_length_jvp(dim, newton_steps, primals, tangents):
+  # The implicit function theorem: dkappa = dr / A_d'(kappa), not the
+  # derivative of the Newton iterations (NaN where they clip or cancel).
+  (r,), (dr,) = primals, tangents
+  kappa = _inverse_mean_resultant_length(dim, newton_steps, r)
+  finite = (r >= 0) & (r < 1)
+  safe_kappa = jnp.where(finite, kappa, 0.0)
+  slope = jax.lax.stop_gradient(_mean_resultant_slope(dim, safe_kappa))
+  return kappa, jnp.where(finite, dr / slope, 0.0).astype(kappa.dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -308,14 +356,26 @@ def _symmetric_beta_proposal(u, a: float):
   return x / (x + y), accepted_x & accepted_y
 
 
+# Rounds of Wood's rejection sampler before it stops. Every round accepts with
+# probability above about 1/2 (Wood's envelope times the Gamma proposals'
+# 95 %), so an element is still unaccepted after 64 rounds with probability
+# below 1e-19; such an element (or one with a NaN kappa, traced) keeps the last
+# proposal instead of looping for ever.
+_MAX_ROUNDS = 64
+
+
 def _sample_w(key, kappa, dim: int, shape, dtype):
   """``1 - w`` for ``w = mu^T x`` of vMF samples, shape ``shape`` (broadcast with kappa).
 
   d = 3: the exact inverse CDF, ``1 - w = -log1p(u (exp(-2 kappa) - 1)) / kappa``.
-  Otherwise Wood's (1994) rejection sampler in a ``lax.while_loop``, with
-  every difference that cancels for large ``kappa`` rewritten (``1 - w =
-  2 b z / (1 - (1-b) z)``), so that samples near the mode keep their
-  relative accuracy.
+  Otherwise Wood's (1994) rejection sampler in a ``lax.while_loop`` of at
+  most ``_MAX_ROUNDS`` rounds, with every difference that cancels for large
+  ``kappa`` rewritten (``1 - w = 2 b z / (1 - (1-b) z)``), so that samples
+  near the mode keep their relative accuracy, and every product that would
+  overflow for huge ``kappa`` (``4 kappa^2``, ``kappa * b``) computed in a
+  form that does not: ``b`` through ``hypot`` and ``kappa b = (d-1) / (2 +
+  hypot(2, (d-1)/kappa))``. For ``kappa`` up to the dtype's maximum ``1 - w``
+  is ``O(1/kappa)`` (0 once that underflows, i.e. the sample is ``mu``).
   """
   kappa = jnp.broadcast_to(kappa, shape).astype(dtype)
   if dim == 3:
@@ -325,34 +385,41 @@ def _sample_w(key, kappa, dim: int, shape, dtype):
     one_minus_w = -jnp.log1p(u * jnp.expm1(-2.0 * safe)) / safe
     return jnp.where(positive, one_minus_w, 2.0 * u)  # kappa = 0: w uniform on [-1, 1]
   m1 = dim - 1.0
-  # b = (d-1) / (2 kappa + sqrt(4 kappa^2 + (d-1)^2)), x0 = (1-b)/(1+b).
-  b = m1 / (2.0 * kappa + jnp.sqrt(4.0 * kappa * kappa + m1 * m1))
+  # b = (d-1) / (2 kappa + sqrt(4 kappa^2 + (d-1)^2)), x0 = (1-b)/(1+b);
+  # hypot does not overflow where 4 kappa^2 would (kappa >= 1e19 in float32).
+  twice = 2.0 * kappa
+  b = m1 / (twice + jnp.hypot(twice, m1))
+  # kappa * b without the product (kappa = 0 gives m1 / inf = 0, as it should).
+  kappa_b = m1 / (2.0 + jnp.hypot(2.0, m1 / kappa))
   x0 = (1.0 - b) / (1.0 + b)
-  one_minus_x0 = 2.0 * b / (1.0 + b)
   log1p_x0 = jnp.log1p(x0)
 
   def propose(key):
     uniforms = jax.random.uniform(key, (5,) + shape, dtype)
     z, accepted = _symmetric_beta_proposal(uniforms[1:], 0.5 * m1)
     u = uniforms[0]
-    one_minus_w = 2.0 * b * z / (1.0 - (1.0 - b) * z)
+    denominator = 1.0 - (1.0 - b) * z  # >= b > 0 for z < 1
+    one_minus_w = 2.0 * b * z / denominator
     # kappa w + (d-1) log(1 - x0 w) - c >= log u, with c = kappa x0 + (d-1) log(1 - x0^2),
-    # as kappa (w - x0) + (d-1) [log1p(x0 (1-w) / (1-x0)) - log1p(x0)].
-    gain = (kappa * (one_minus_x0 - one_minus_w)
-            + m1 * (jnp.log1p((1.0 - b) * one_minus_w / (2.0 * b)) - log1p_x0))
+    # as kappa (w - x0) + (d-1) [log1p(x0 (1-w) / (1-x0)) - log1p(x0)], where
+    # kappa (1 - x0) = 2 kappa b / (1 + b), kappa (1 - w) = 2 kappa b z / denominator
+    # and x0 (1-w) / (1-x0) = (1-b) z / denominator: no division by b.
+    gain = (2.0 * kappa_b * (1.0 / (1.0 + b) - z / denominator)
+            + m1 * (jnp.log1p((1.0 - b) * z / denominator) - log1p_x0))
     return one_minus_w, accepted & (gain >= jnp.log(u))
 
   def body(state):
-    key, one_minus_w, done = state
+    key, one_minus_w, done, rounds = state
     key, subkey = jax.random.split(key)
     proposal, accepted = propose(subkey)
-    take = accepted & ~done
-    return key, jnp.where(take, proposal, one_minus_w), done | accepted
+    last = rounds + 1 >= _MAX_ROUNDS
+    take = (accepted | last) & ~done
+    return key, jnp.where(take, proposal, one_minus_w), done | take, rounds + 1
 
   def unfinished(state):
-    return ~jnp.all(state[2])
+    return ~jnp.all(state[2]) & (state[3] < _MAX_ROUNDS)
 
-  initial = (key, jnp.zeros(shape, dtype), jnp.zeros(shape, bool))
+  initial = (key, jnp.zeros(shape, dtype), jnp.zeros(shape, bool), jnp.int32(0))
   return jax.lax.while_loop(unfinished, body, initial)[1]
 
 
@@ -370,13 +437,20 @@ class VonMisesFisher:
     mean_direction: unit vectors, shape ``batch + (d,)``, ``d >= 2``.
     concentration: ``kappa >= 0``, broadcastable to ``batch``.
     validate: check concrete parameters (unit norm within ``1e-3`` in
-      float32 / ``1e-6`` in float64, ``kappa >= 0``). Traced parameters are
-      never checked.
+      float32 / ``1e-6`` in float64, ``kappa`` finite and ``>= 0``). Traced
+      parameters are never checked.
+
+  The supported concentrations are every finite ``kappa >= 0`` up to the
+  dtype's maximum: ``log_prob``, ``entropy``, ``kl_divergence`` and
+  ``sample`` are finite there (``sample`` returns ``mu`` itself once ``1 - w``
+  underflows). ``kappa = inf`` is refused when concrete; under ``jit`` it
+  gives the limits where they exist and NaN where they do not.
 
   Raises:
-    ValueError: for a ``mean_direction`` of rank 0 or ``d < 2``, shapes that
-      do not broadcast, and (when concrete) non-unit mean directions or
-      negative / NaN concentrations.
+    ValueError: for a ``mean_direction`` of rank 0 or ``d < 2``, complex
+      parameters, shapes that do not broadcast, and (when concrete) non-unit
+      or non-finite mean directions or negative / NaN / infinite
+      concentrations.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -393,6 +467,9 @@ class VonMisesFisher:
   def __init__(self, mean_direction, concentration, *, validate: bool = True):
     mean_direction = jnp.asarray(mean_direction)
     concentration = jnp.asarray(concentration)
+    for name, array in (("mean_direction", mean_direction), ("concentration", concentration)):
+      if jnp.iscomplexobj(array):
+        raise ValueError(f"{name} must be real, got dtype {array.dtype}.")
     if mean_direction.ndim < 1:
       raise ValueError("mean_direction must have a last axis of size d >= 2, got a scalar.")
     _check_dim(mean_direction.shape[-1])
@@ -413,6 +490,8 @@ class VonMisesFisher:
   def _validate(self):
     _check_concentration(self.concentration, "concentration")
     mu = np.asarray(self.mean_direction, np.float64)
+    if not np.all(np.isfinite(mu)):
+      raise ValueError("mean_direction contains NaN or infinite values.")
     tolerance = 1e-3 if jnp.finfo(self.dtype).bits <= 32 else 1e-6
     worst = float(np.max(np.abs(np.sqrt(np.sum(mu * mu, axis=-1)) - 1.0))) if mu.size else 0.0
     if not worst <= tolerance:
@@ -504,7 +583,8 @@ class VonMisesFisher:
     """Draws samples, shape ``sample_shape + batch_shape + (d,)``.
 
     ``w = mu^T x`` comes from Wood's (1994) rejection sampler (exact inverse
-    CDF at ``d = 3``), the tangent direction from a normalised Gaussian in
+    CDF at ``d = 3``; at most 64 rounds, so it always returns, also for a
+    traced NaN or infinite ``kappa``), the tangent direction from a normalised Gaussian in
     ``R^{d-1}``; the point ``(w, sqrt(1 - w^2) v)`` is then reflected onto
     ``mu`` by a Householder reflection chosen so that it never divides by a
     small number.

@@ -219,7 +219,7 @@ def brier_score(probabilities, labels) -> float:
     raise ValueError(
         f"probabilities must have shape (N, C) or (N,) and be non-empty, got shape "
         f"{probabilities.shape}.")
-  p = probabilities.astype(np.float64)
+  p = checks.real_array(probabilities, "probabilities")
   if np.isnan(p).any():
     raise ValueError("probabilities contains NaN.")
   if p.min() < 0 or p.max() > 1:

@@ -27,21 +27,48 @@ __all__ = [
     "count",
     "expected_prefix_sums",
     "finite_vector",
+    "real_array",
+    "real_scalar",
     "same_length",
     "unit_interval",
     "vector",
 ]
 
 
+def real_array(values, name: str) -> np.ndarray:
+  """``values`` as a float64 array; complex (or non-numeric) input raises ``ValueError``.
+
+  ``np.asarray(z, np.float64)`` of a complex ``z`` would drop the imaginary
+  part with only a warning.
+  """
+  array = np.asarray(values)
+  if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number)
+                                    or array.dtype == np.bool_):
+    raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}.")
+  return array.astype(np.float64)
+
+
+def real_scalar(value, name: str, *, allow_inf: bool = True) -> float:
+  """``value`` as a Python float; complex, non-scalar or NaN (and ``inf`` unless allowed) raise."""
+  array = np.asarray(value)
+  if array.ndim != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {array.shape}.")
+  number = float(real_array(array, name))
+  if math.isnan(number) or (not allow_inf and math.isinf(number)):
+    raise ValueError(f"{name} must be a number{'' if allow_inf else ' (finite)'}, got {number}.")
+  return number
+
+
 def vector(values, name: str) -> np.ndarray:
-  """A non-empty 1-D float64 array without NaN (infinities are allowed)."""
+  """A non-empty 1-D float64 array without NaN (infinities are allowed); not complex."""
   array = np.asarray(values)
   if array.ndim != 1:
     raise ValueError(f"{name} must be a 1-D array, got shape {array.shape}.")
   if array.size == 0:
     raise ValueError(f"{name} is empty.")
-  if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-    raise ValueError(f"{name} must be numeric, got dtype {array.dtype}.")
+  if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number)
+                                    or array.dtype == np.bool_):
+    raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}.")
   array = array.astype(np.float64)
   if np.isnan(array).any():
     raise ValueError(f"{name} contains NaN.")
@@ -92,7 +119,7 @@ def count(fraction: float, n: int) -> int:
 
 def check_fraction(value: float, name: str) -> float:
   """``value`` as a float in ``(0, 1]``, else ``ValueError`` naming it."""
-  value = float(value)
+  value = real_scalar(value, name)
   if not 0 < value <= 1:
     raise ValueError(f"{name} must lie in (0, 1], got {value}.")
   return value

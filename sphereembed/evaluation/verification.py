@@ -267,7 +267,7 @@ def tpr_at_far(scores, same, far: float) -> float:
     >>> print(f"{tpr_at_far([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0], far=0.5):.2f}")
     1.00
   """
-  far = float(far)
+  far = checks.real_scalar(far, "far")
   if not 0 <= far <= 1:
     raise ValueError(f"far must lie in [0, 1], got {far}.")
   curve = roc_curve(scores, same)
@@ -361,7 +361,7 @@ def calibrate_threshold(distances, same, *, target_far: float | None = None) -> 
   num_different = accepted_different[-1]
   below = float(np.nextafter(thresholds[0], -np.inf))
   if target_far is not None:
-    target_far = float(target_far)
+    target_far = checks.real_scalar(target_far, "target_far")
     if not 0 <= target_far <= 1:
       raise ValueError(f"target_far must lie in [0, 1], got {target_far}.")
     allowed = np.flatnonzero(accepted_different / num_different <= target_far)
@@ -397,7 +397,7 @@ def threshold_metrics(distances, same, threshold: float) -> dict[str, float]:
   distances = checks.vector(distances, "distances")
   same = checks.binary(same, "same")
   checks.same_length(distances=distances, same=same)
-  accepted = distances <= float(threshold)
+  accepted = distances <= checks.real_scalar(threshold, "threshold")
   num_same, num_different = same.sum(), (~same).sum()
   tpr = (accepted & same).sum() / num_same if num_same else np.nan
   far = (accepted & ~same).sum() / num_different if num_different else np.nan
@@ -437,7 +437,7 @@ class EnrolmentGallery:
     if metric not in geometry.METRICS:
       raise ValueError(f"Unknown metric {metric!r}; expected one of {geometry.METRICS}.")
     self.metric = metric
-    self.threshold = None if threshold is None else float(threshold)
+    self.threshold = None if threshold is None else checks.real_scalar(threshold, "threshold")
     self._templates: list[np.ndarray] = []
     self._owners: list[int] = []
     self._index: dict[Hashable, int] = {}
@@ -453,7 +453,7 @@ class EnrolmentGallery:
 
   def enrol(self, identity: Hashable, templates) -> None:
     """Adds templates ``(T, D)`` (or one ``(D,)``) to ``identity``; repeated calls add more."""
-    templates = np.asarray(templates, dtype=np.float64)
+    templates = checks.real_array(templates, "templates")
     if templates.ndim == 1:
       templates = templates[None]
     if templates.ndim != 2 or templates.shape[0] == 0:
@@ -471,7 +471,7 @@ class EnrolmentGallery:
   def _queries(self, queries, claimed=None):
     if not self._templates:
       raise ValueError("The gallery is empty: enrol templates first.")
-    queries = np.asarray(queries, dtype=np.float64)
+    queries = checks.real_array(queries, "queries")
     if queries.ndim == 1:
       queries = queries[None]
     dim = self._templates[0].shape[1]
@@ -512,7 +512,8 @@ class EnrolmentGallery:
   def _require_threshold(self) -> float:
     if self.threshold is None:
       raise ValueError("The gallery has no threshold: pass one or call calibrate() first.")
-    return self.threshold
+    # Checked again here: the attribute may have been assigned directly.
+    return checks.real_scalar(self.threshold, "threshold")
 
   def verify(self, queries, claimed: Sequence[Hashable]) -> np.ndarray:
     """``(Q,)`` bools: accept each query's claim (nearest claimed template within the threshold)."""

@@ -67,12 +67,15 @@ def ncl(
     The scalar loss.
 
   Raises:
-    ValueError: on bad shapes or dtypes, an unknown metric and, when called
-      outside ``jit``, NaN embeddings or centroids, labels outside
-      ``[0, K)`` or negative weights.
+    ValueError: on bad shapes or dtypes, an unknown metric, a complex, NaN or
+      infinite ``negative_weight`` (a Python number is checked also under
+      ``jit``) and, when called outside ``jit``, NaN embeddings or
+      centroids, embeddings of norm above
+      :func:`sphereembed.losses.checks.max_norm`, labels outside ``[0, K)``
+      or negative weights.
 
   References:
-    The N-Centroids Loss (NCL) of the project's source slides, with the
+    The N-Centroids Loss (NCL) as first described in its reference notes, with the
     corrected great-circle distance (see
     :func:`sphereembed.geometry.pairwise_distances`).
 
@@ -101,6 +104,8 @@ def ncl(
                      f"{centroids.shape}.")
   labels = checks.check_labels(labels, batch_size, allow_multi_hot=False)
   weights = checks.check_weights(weights, batch_size, dtype)
+  # Python numbers are checked always (also under jit), arrays when concrete.
+  checks.validate_scalar(negative_weight, "negative_weight")
   negative_weight = checks.check_scalar(negative_weight, "negative_weight", dtype)
   if metric not in geometry.METRICS:
     raise ValueError(f"Unknown metric {metric!r}; expected one of {geometry.METRICS}.")

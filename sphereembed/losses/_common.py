@@ -9,7 +9,22 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["active_stats", "weighted_mean"]
+__all__ = ["LOG_SIGMA_MAX", "LOG_SIGMA_MIN", "active_stats", "clamp_log_sigma", "weighted_mean"]
+
+# The supported range of log standard deviations (sigma from 2.1e-9 to 4.9e8),
+# the Gaussian counterpart of the kappa_max bound of the vMF confidence heads:
+# exp(+-2 LOG_SIGMA) ~ 2.4e17 keeps every term finite in float32.
+LOG_SIGMA_MIN = -20.0
+LOG_SIGMA_MAX = 20.0
+
+
+def clamp_log_sigma(log_sigma: jax.Array) -> jax.Array:
+  """``log_sigma`` clipped to ``[LOG_SIGMA_MIN, LOG_SIGMA_MAX]`` = [-20, 20].
+
+  Inside the range the value and the gradient are unchanged; beyond it the
+  value is the bound's and the gradient in ``log_sigma`` is 0. NaN stays NaN.
+  """
+  return jnp.clip(log_sigma, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
 
 
 def weighted_mean(values: jax.Array, mask: jax.Array, weights: jax.Array | None = None) -> jax.Array:

@@ -52,6 +52,15 @@ Deviations from the paper (each also noted where it applies):
   probability (the paper does not say whether it reuses them); the estimate
   is unbiased either way.
 
+Log standard deviations are clamped to the supported range ``[-20, 20]``
+(``sigma`` from 2.1e-9 to 4.9e8; ``LOG_SIGMA_MIN``/``LOG_SIGMA_MAX`` of
+``sphereembed.losses._common``), the Gaussian counterpart of the ``kappa_max``
+bound of the vMF confidence heads, wherever they are used (sampling, the KL
+terms): beyond it the value is the bound's and the gradient in the
+log-sigma is 0, so samples and KL terms stay finite. Means and samples of
+norm above :func:`sphereembed.losses.checks.max_norm` are refused outside
+``jit``.
+
 Everything is a pure function of arrays: jit/vmap/grad-compatible, with
 static shape checks on every call and value checks (NaN, infinite, invalid
 targets) when called outside ``jit``. The computation after the checks is a
@@ -70,6 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sphereembed import geometry
 from sphereembed.losses import _common, checks
 
 __all__ = [
@@ -101,10 +111,16 @@ def _check_floating(x, name: str, ndims: tuple[int, ...]) -> jax.Array:
   return x
 
 
-def _validate_finite(x, name: str) -> None:
-  """Value check outside ``jit``: NaN or infinite entries raise ``ValueError``."""
+def _validate_finite(x, name: str, magnitude: bool = False) -> None:
+  """Value check outside ``jit``: NaN or infinite entries raise ``ValueError``.
+
+  ``magnitude``: also refuse rows (the last axis) of norm above
+  :func:`sphereembed.losses.checks.max_norm` (for a batch of the leading size).
+  """
   if x is not None and checks.is_concrete(x):
     checks.validate_embeddings(x, name)
+    if magnitude:
+      checks.validate_magnitude(x, name, batch_size=max(x.shape[:-1], default=1))
 
 
 def _check_sample_pair(z1, z2):
@@ -120,12 +136,15 @@ def _check_sample_pair(z1, z2):
                      f"and {z2.dtype}.")
   if z1.shape[-2] == 0 or z2.shape[-2] == 0:
     raise ValueError(f"at least one sample is needed, got shapes {z1.shape} and {z2.shape}.")
-  _validate_finite(z1, "z1_samples")
-  _validate_finite(z2, "z2_samples")
+  _validate_finite(z1, "z1_samples", magnitude=True)
+  _validate_finite(z2, "z2_samples", magnitude=True)
   return z1, z2
 
 
 def _check_ab(a, b, dtype):
+  # Python numbers are checked always (also under jit), arrays when concrete.
+  checks.validate_scalar(a, "a")
+  checks.validate_scalar(b, "b")
   a = checks.check_scalar(a, "a", dtype)
   b = checks.check_scalar(b, "b", dtype)
   _validate_finite(a, "a")
@@ -142,7 +161,7 @@ def _check_targets(is_same, num_pairs: int, dtype) -> jax.Array:
           or jnp.issubdtype(is_same.dtype, jnp.floating)):
     raise ValueError(f"is_same must be bool, integer or float 0/1, got dtype {is_same.dtype}.")
   if checks.is_concrete(is_same):
-    values = np.asarray(is_same)
+    values = checks.concrete_value(is_same)
     if not np.all((values == 0) | (values == 1)):
       raise ValueError("is_same must contain only 0 and 1 (or False/True).")
   return is_same.astype(dtype)
@@ -171,12 +190,12 @@ def _check_mixture(means, log_sigmas, mixture_weights, suffix: str, ndims=(2, 3)
       raise ValueError(f"mixture_weights{suffix} must be floating, got {mixture_weights.dtype}.")
     mixture_weights = mixture_weights.astype(means.dtype)
     if checks.is_concrete(mixture_weights):
-      values = np.asarray(mixture_weights, np.float64)
+      values = checks.concrete_value(mixture_weights).astype(np.float64)
       if (not np.all(np.isfinite(values)) or np.any(values < 0)
           or not np.allclose(values.sum(-1), 1.0, rtol=0, atol=1e-5)):
         raise ValueError(f"mixture_weights{suffix} must be non-negative and sum to 1 over the "
                          f"last axis.")
-  _validate_finite(means, f"means{suffix}")
+  _validate_finite(means, f"means{suffix}", magnitude=True)
   _validate_finite(log_sigmas, f"log_sigmas{suffix}")
   return means, log_sigmas, mixture_weights
 
@@ -214,7 +233,11 @@ def _pair_logits(z1: jax.Array, z2: jax.Array, a: jax.Array, b: jax.Array) -> ja
   the zero subgradient, never NaN).
   """
   differences = z1[..., :, None, :] - z2[..., None, :, :]
-  return b - a * _safe_norm(jnp.sum(jnp.square(differences), axis=-1))
+  # Squared after an exact power-of-two scaling: no overflow of the squares.
+  scale = geometry._power_of_two_scale(  # pylint: disable=protected-access
+      jnp.max(jnp.abs(jax.lax.stop_gradient(differences)), axis=-1, initial=0))
+  distances = _safe_norm(jnp.sum(jnp.square(differences / scale[..., None]), axis=-1)) * scale
+  return b - a * distances
 
 
 def match_probability(z1_samples: jax.Array, z2_samples: jax.Array, a, b) -> jax.Array:
@@ -356,14 +379,14 @@ def kl_to_standard_normal(mean: jax.Array, log_sigma: jax.Array) -> jax.Array:
   if log_sigma.shape != mean.shape or log_sigma.dtype != mean.dtype:
     raise ValueError(f"log_sigma must have the shape and dtype of mean {mean.shape} {mean.dtype}, "
                      f"got {log_sigma.shape} {log_sigma.dtype}.")
-  _validate_finite(mean, "mean")
+  _validate_finite(mean, "mean", magnitude=True)
   _validate_finite(log_sigma, "log_sigma")
   return _kl_gaussian(mean, log_sigma)
 
 
 @jax.jit
 def _kl_gaussian(mean, log_sigma):
-  twice = 2.0 * log_sigma
+  twice = 2.0 * _common.clamp_log_sigma(log_sigma)
   return 0.5 * jnp.sum(jnp.expm1(twice) - twice + jnp.square(mean), axis=-1)
 
 
@@ -381,6 +404,7 @@ def _log_mixture_weights(mixture_weights, means):
 @jax.jit
 def _kl_mixture(means, log_sigmas, samples, mixture_weights):
   """``1/K sum_k [log p(z_k) - log N(z_k; 0, I)]`` for ``samples`` ``(..., K, D)``."""
+  log_sigmas = _common.clamp_log_sigma(log_sigmas)
   # log N(z; mu, s) - log N(z; 0, I) per component and sample; the
   # (D/2) log(2 pi) terms cancel.
   inverse_sigmas = jnp.exp(-log_sigmas)[..., None, :, :]
@@ -418,8 +442,10 @@ def kl_mixture_to_standard_normal(
     A scalar, or ``(B,)`` for batched inputs.
 
   Raises:
-    ValueError: on bad shapes or dtypes and, outside ``jit``, NaN inputs or
-      invalid weights.
+    ValueError: on bad shapes or dtypes and, outside ``jit``, NaN inputs,
+      invalid weights, or means and samples whose norm times the largest
+      ``1 / sigma`` exceeds :func:`sphereembed.losses.checks.max_norm` (the
+      standardised distances would overflow).
 
   References:
     Oh et al., "Modeling Uncertainty with Hedged Instance Embedding",
@@ -445,7 +471,17 @@ def kl_mixture_to_standard_normal(
   if samples.dtype != means.dtype:
     raise ValueError(f"samples must have the dtype of the means ({means.dtype}), "
                      f"got {samples.dtype}.")
-  _validate_finite(samples, "samples")
+  _validate_finite(samples, "samples", magnitude=True)
+  host_log_sigmas = checks.concrete_value(log_sigmas)
+  if host_log_sigmas is not None and host_log_sigmas.size:
+    # (z - mu) / sigma is squared: the supported norm shrinks by the largest 1 / sigma.
+    smallest = float(np.min(np.clip(host_log_sigmas, _common.LOG_SIGMA_MIN,
+                                    _common.LOG_SIGMA_MAX)))
+    scale = math.exp(max(0.0, -smallest))
+    for name, array in (("means", means), ("samples", samples)):
+      if checks.is_concrete(array):
+        checks.validate_magnitude(array, name, batch_size=max(array.shape[:-1], default=1),
+                                  scale=2.0 * scale)
   return _kl_mixture(means, log_sigmas, samples, mixture_weights)
 
 
@@ -533,7 +569,8 @@ def _sample_kernel(key, means, log_sigmas, mixture_weights, num_samples):
   index = _components(key_components, tuple(batch_shape), num_samples, mixture_weights,
                       components, means.dtype)
   chosen_means = jnp.take_along_axis(means, index[..., None], axis=-2)
-  chosen_log_sigmas = jnp.take_along_axis(log_sigmas, index[..., None], axis=-2)
+  chosen_log_sigmas = jnp.take_along_axis(_common.clamp_log_sigma(log_sigmas), index[..., None],
+                                          axis=-2)
   noise = jax.random.normal(key_noise, (*batch_shape, num_samples, dim), means.dtype)
   return chosen_means + jnp.exp(chosen_log_sigmas) * noise
 
@@ -769,9 +806,8 @@ def vib_match_loss(
   if weights is not None and checks.is_concrete(weights):
     checks.validate_weights(weights)
   a, b = _check_ab(a, b, dtype)
+  checks.validate_scalar(beta, "beta", minimum=0.0)
   beta = checks.check_scalar(beta, "beta", dtype)
-  if checks.is_concrete(beta) and not float(beta) >= 0:
-    raise ValueError(f"beta must be finite and non-negative, got {float(beta)}.")
   stochastic = log_sigmas1 is not None or log_sigmas2 is not None
   if stochastic and key is None:
     raise ValueError("key must be given to sample stochastic embeddings (log_sigmas not None).")

@@ -158,9 +158,12 @@ def contrastive(
     The scalar loss, or ``(loss, stats)`` with ``return_stats=True``.
 
   Raises:
-    ValueError: on bad shapes or dtypes, a non-scalar margin, an unknown
-      metric and, when called outside ``jit``, NaN embeddings, invalid labels
-      or negative weights.
+    ValueError: on bad shapes or dtypes, a non-scalar, complex, NaN or
+      infinite margin (a Python number is checked also under ``jit``), an
+      unknown metric and, when called outside ``jit`` (also under an eager
+      ``jax.grad``), NaN embeddings, embeddings of norm above
+      :func:`sphereembed.losses.checks.max_norm`, invalid labels or negative
+      weights.
 
   References:
     Hadsell, Chopra & LeCun, "Dimensionality Reduction by Learning an
@@ -178,10 +181,15 @@ def contrastive(
   batch_size, dtype = embeddings.shape[0], embeddings.dtype
   labels = checks.check_labels(labels, batch_size)
   weights = checks.check_weights(weights, batch_size, dtype)
+  # Python numbers are checked always (also under jit), arrays when concrete.
+  checks.validate_scalar(margin, "margin")
   margin = checks.check_scalar(margin, "margin", dtype)
   if metric not in geometry.METRICS:
     raise ValueError(f"Unknown metric {metric!r}; expected one of {geometry.METRICS}.")
   checks.validate_if_concrete(embeddings, labels, weights)
+  if batch_size == 0:  # no pair: 0 (the gradient is the empty array)
+    loss = jnp.zeros((), dtype)
+    return (loss, _common.active_stats(0, 0, dtype)) if return_stats else loss
 
   same = masks.positive_mask(labels)
   # Pair losses and pair weights are symmetric, so the mean over i < j equals
@@ -231,8 +239,9 @@ def _check_pairs(embeddings1, embeddings2, is_same, weights):
   for name, array in (("embeddings1", embeddings1), ("embeddings2", embeddings2)):
     if checks.is_concrete(array):
       checks.validate_embeddings(array, name)
+      checks.validate_magnitude(array, name)
   if checks.is_concrete(is_same):
-    values = np.asarray(is_same)
+    values = checks.concrete_value(is_same)
     if not np.all((values == 0) | (values == 1)):
       raise ValueError("is_same must contain only 0 and 1 (or False/True).")
   if weights is not None and checks.is_concrete(weights):
@@ -241,7 +250,7 @@ def _check_pairs(embeddings1, embeddings2, is_same, weights):
 
 
 def _validate_finite(value, name):
-  if checks.is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+  if checks.is_concrete(value) and not np.all(np.isfinite(checks.concrete_value(value))):
     raise ValueError(f"{name} contains NaN or infinite values.")
 
 
@@ -322,9 +331,11 @@ def siamese_l1_bce(
   if not jnp.issubdtype(weight.dtype, jnp.floating):
     raise ValueError(f"weight must have a floating dtype, got {weight.dtype}.")
   weight = weight.astype(dtype)
+  raw_bias = bias
   bias = checks.check_scalar(bias, "bias", dtype)
   _validate_finite(weight, "weight")
   _validate_finite(bias, "bias")
+  checks.validate_scalar(raw_bias, "bias")  # a Python number: checked also under jit
 
   # A sum rather than a matmul: exact float products on every backend.
   logits = jnp.sum(_abs(embeddings1 - embeddings2) * weight, axis=-1) + bias
@@ -402,10 +413,14 @@ def siamese_cosine_bce(
   embeddings1, embeddings2, targets, weights = _check_pairs(
       embeddings1, embeddings2, is_same, weights)
   dtype = embeddings1.dtype
+  raw_scale, raw_bias = scale, bias
   scale = checks.check_scalar(scale, "scale", dtype)
   bias = checks.check_scalar(bias, "bias", dtype)
   _validate_finite(scale, "scale")
   _validate_finite(bias, "bias")
+  # Python numbers are checked also under jit (the arrays above are traced there).
+  checks.validate_scalar(raw_scale, "scale")
+  checks.validate_scalar(raw_bias, "bias")
 
   logits = scale * _safe_cosine(embeddings1, embeddings2) + bias
   return _mean_bce(logits, targets, weights)

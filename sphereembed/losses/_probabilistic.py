@@ -21,6 +21,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sphereembed.distributions import vmf_log_normalizer
 from sphereembed.losses import _common, checks
@@ -60,6 +61,7 @@ def _per_sample(values, name, batch_size, dtype, extra_shapes=()):
   if checks.is_concrete(values):
     checks.validate_embeddings(values, name)
   return values
+
 
 
 def vmf_nll(
@@ -121,7 +123,7 @@ def vmf_nll(
       embeddings, labels, centroids, weights)
   batch_size, dim = embeddings.shape
   kappa = _per_sample(kappa, "kappa", batch_size, embeddings.dtype)
-  if checks.is_concrete(kappa) and bool(jnp.any(kappa < 0)):
+  if checks.is_concrete(kappa) and bool(np.any(checks.concrete_value(kappa) < 0)):
     raise ValueError("kappa must be non-negative.")
   if not embedding_gradient:
     embeddings = jax.lax.stop_gradient(embeddings)
@@ -149,7 +151,12 @@ def gaussian_nll(
   batch. For a fixed residual the optimum is ``s^2 = ||x - c_y||^2 / D``
   (isotropic) or ``s_j^2 = (x_j - c_yj)^2`` (diagonal). The scale is taken in
   log space so that it is positive without a constraint; a residual of 0
-  sends ``log_sigma`` towards -inf, so heads should bound it.
+  sends ``log_sigma`` towards -inf, so heads should bound it. The loss
+  clamps it to the supported range ``[-20, 20]`` (``LOG_SIGMA_MIN``,
+  ``LOG_SIGMA_MAX`` of ``sphereembed.losses._common``; ``sigma`` from 2.1e-9
+  to 4.9e8), the counterpart of the ``kappa_max`` bound of the vMF heads:
+  beyond it the value is the bound's and the gradient in ``log_sigma`` is 0,
+  so the loss stays finite (also at a residual of 0).
 
   Gradients flow to ``log_sigma`` and, unless ``embedding_gradient=False``,
   to the embeddings; the centroids are constants (``stop_gradient``).
@@ -167,8 +174,10 @@ def gaussian_nll(
     The scalar loss.
 
   Raises:
-    ValueError: on bad shapes or dtypes and, outside ``jit``, NaN inputs or
-      labels outside ``[0, K)``.
+    ValueError: on bad shapes or dtypes and, outside ``jit``, NaN inputs,
+      labels outside ``[0, K)`` or embeddings and centroids whose norm, over
+      the smallest clamped ``sigma``, exceeds
+      :func:`sphereembed.losses.checks.max_norm`.
 
   References:
     Nix & Weigend, "Estimating the mean and variance of the target probability
@@ -189,6 +198,14 @@ def gaussian_nll(
   batch_size, dim = embeddings.shape
   log_sigma = _per_sample(log_sigma, "log_sigma", batch_size, embeddings.dtype,
                           extra_shapes=((batch_size, dim),))
+  log_sigma = _common.clamp_log_sigma(log_sigma)
+  host_log_sigma = checks.concrete_value(log_sigma)
+  if host_log_sigma is not None and host_log_sigma.size:
+    # The residuals are divided by sigma >= exp(LOG_SIGMA_MIN) before squaring.
+    scale = float(np.exp(max(0.0, -float(np.min(host_log_sigma)))))
+    for name, array in (("embeddings", embeddings), ("centroids", centroids)):
+      if checks.is_concrete(array):
+        checks.validate_magnitude(array, name, batch_size=batch_size, scale=scale)
   if not embedding_gradient:
     embeddings = jax.lax.stop_gradient(embeddings)
   residual = embeddings - jax.lax.stop_gradient(centroids)[labels]

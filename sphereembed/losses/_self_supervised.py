@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sphereembed import geometry
 from sphereembed.losses import _common, checks, masks
@@ -68,9 +69,13 @@ def ntxent(
     The scalar loss.
 
   Raises:
-    ValueError: on bad shapes or dtypes, a non-scalar temperature, and, when
-      called outside ``jit``, NaN embeddings, invalid labels, negative
-      weights or a non-positive temperature.
+    ValueError: on bad shapes or dtypes, a non-scalar temperature, a
+      temperature that is not a positive finite real number (a Python number
+      is checked also under ``jit``, an array when concrete) and, when called
+      outside ``jit``, NaN embeddings, embeddings whose squared norm over
+      ``T`` exceeds the supported range
+      (:func:`sphereembed.losses.checks.max_norm` times ``sqrt(T)``), invalid
+      labels or negative weights.
 
   References:
     Chen, Kornblith, Norouzi & Hinton, "A Simple Framework for Contrastive
@@ -98,20 +103,29 @@ def ntxent(
   batch_size, dtype = embeddings.shape[0], embeddings.dtype
   labels = checks.check_labels(labels, batch_size)
   weights = checks.check_weights(weights, batch_size, dtype)
+  # Python numbers are checked always (also under jit), arrays when concrete.
+  checks.validate_scalar(temperature, "temperature", minimum=0.0, strict=True)
+  temperature_value = checks.concrete_value(temperature)
   temperature = checks.check_scalar(temperature, "temperature", dtype)
-  checks.validate_if_concrete(embeddings, labels, weights)
-  if checks.is_concrete(temperature) and not float(temperature) > 0:
-    raise ValueError(f"temperature must be positive, got {float(temperature)}.")
+  checks.validate_if_concrete(embeddings, labels, weights, magnitude=False)
+  if checks.is_concrete(embeddings):
+    # The logits s_ij / T (|s_ij| <= max ||x||^2) and their row sums must be finite.
+    scale = 1.0 if temperature_value is None else 1.0 / float(np.sqrt(temperature_value))
+    checks.validate_magnitude(embeddings, scale=scale)
+  if batch_size == 0:  # no anchor: 0 (the gradient is the empty array)
+    return jnp.zeros((), dtype)
 
   similarities = geometry.self_gram(embeddings)
-  logits = similarities / temperature
   others = ~jnp.eye(batch_size, dtype=bool)
   positives, _ = masks.pair_masks(labels)
 
-  # log-softmax over k != i, shifted by the row's largest off-diagonal logit.
+  # log-softmax over k != i, shifted by the row's largest off-diagonal
+  # similarity before the division by T: the differences are <= 0 and at most
+  # 2 max ||x||^2 / T in size (dividing first could overflow where they do not).
   lowest = jnp.finfo(dtype).min
-  shift = jax.lax.stop_gradient(jnp.max(jnp.where(others, logits, lowest), axis=1, keepdims=True))
-  shifted = jnp.where(others, logits - shift, 0)  # <= 0 off the diagonal
+  shift = jax.lax.stop_gradient(
+      jnp.max(jnp.where(others, similarities, lowest), axis=1, keepdims=True))
+  shifted = jnp.where(others, (similarities - shift) / temperature, 0)  # <= 0 off the diagonal
   exp_sum = jnp.sum(jnp.where(others, jnp.exp(shifted), 0), axis=1)
   # The row maximum contributes exp(0) = 1, so exp_sum >= 1 whenever the row
   # has an off-diagonal entry; rows without one (B = 1) never are anchors.

@@ -88,8 +88,21 @@ def _check_inputs(embeddings, labels, weights, margin, reduction=None):
     raise ValueError(f"reduction must be 'mean_active', 'mean' or 'sum', got {reduction!r}.")
   if not isinstance(margin, jax.core.Tracer) and jnp.ndim(margin) != 0:
     raise ValueError(f"margin must be a scalar, got shape {jnp.shape(margin)}.")
+  margin_dtype = jnp.result_type(margin)
+  if not (jnp.issubdtype(margin_dtype, jnp.floating) or jnp.issubdtype(margin_dtype, jnp.integer)):
+    raise ValueError(f"margin must be a real number, got dtype {margin_dtype}.")
+  # Python numbers are checked always (also under jit), arrays when concrete.
+  checks.validate_scalar(margin, "margin")
   checks.validate_if_concrete(embeddings, labels, weights)
   return embeddings, labels, weights
+
+
+def _empty_batch(dtype, return_stats):
+  """The value for ``B = 0``: no triplet, 0 (the gradient is the empty array)."""
+  loss = jnp.zeros((), dtype)
+  if return_stats:
+    return loss, _common.active_stats(0, 0, dtype)
+  return loss
 
 
 def _hinge(x: jax.Array, soft_margin: bool) -> jax.Array:
@@ -198,8 +211,11 @@ def triplet_batch_all(
     ``(loss, stats)`` with ``return_stats=True``.
 
   Raises:
-    ValueError: on bad shapes or dtypes, an unknown metric or reduction, and,
-      when called outside ``jit``, NaN embeddings or invalid labels.
+    ValueError: on bad shapes or dtypes, an unknown metric or reduction, a
+      complex, NaN or infinite margin (a Python number is checked also under
+      ``jit``) and, when called outside ``jit``, NaN embeddings, embeddings
+      of norm above :func:`sphereembed.losses.checks.max_norm` or invalid
+      labels.
 
   References:
     Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
@@ -215,6 +231,8 @@ def triplet_batch_all(
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin, reduction)
   batch_size, dtype = embeddings.shape[0], embeddings.dtype
+  if batch_size == 0:
+    return _empty_batch(dtype, return_stats)
   distances, positives, negatives = _distances_and_masks(embeddings, labels, metric)
   if soft_margin:
     row_loss, row_active = _batch_all_softplus_rows(distances, positives, negatives, margin)
@@ -290,8 +308,10 @@ def triplet_batch_hard(
     positive and a negative), or ``(loss, stats)``.
 
   Raises:
-    ValueError: on bad shapes, dtypes or metric and, outside ``jit``, on NaN
-      embeddings or invalid labels.
+    ValueError: on bad shapes, dtypes or metric, a complex, NaN or infinite
+      margin (a Python number is checked also under ``jit``) and, outside
+      ``jit``, on NaN embeddings, embeddings of norm above
+      :func:`sphereembed.losses.checks.max_norm` or invalid labels.
 
   References:
     Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
@@ -306,13 +326,18 @@ def triplet_batch_hard(
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin)
   dtype = embeddings.dtype
+  if embeddings.shape[0] == 0:
+    return _empty_batch(dtype, return_stats)
   # Mining needs the B x B distances, but only their ordering: select without
   # gradients, then recompute the 2B chosen distances from explicit
   # differences. The backward pass is O(B D) instead of O(B^2).
   # Euclidean distances are ranked by their squares (no square roots needed).
   ranking_metric = "squared_euclidean" if metric == "euclidean" else metric
-  distances, positives, negatives = _distances_and_masks(
-      jax.lax.stop_gradient(embeddings), labels, ranking_metric)
+  ranked = jax.lax.stop_gradient(embeddings)
+  if metric in ("euclidean", "squared_euclidean"):
+    # An exact power-of-two scale keeps the ranking and the squares finite.
+    ranked = ranked / geometry._power_of_two_scale(geometry._max_abs(ranked))  # pylint: disable=protected-access
+  distances, positives, negatives = _distances_and_masks(ranked, labels, ranking_metric)
   farthest_positive, hardest_positive = _first_extreme(
       jnp.where(positives, distances, -jnp.inf), jnp.max)
   nearest_negative, hardest_negative = _first_extreme(
@@ -430,8 +455,10 @@ def triplet_semi_hard(
     with a negative), or ``(loss, stats)``.
 
   Raises:
-    ValueError: on bad shapes, dtypes or metric and, outside ``jit``, on NaN
-      embeddings or invalid labels.
+    ValueError: on bad shapes, dtypes or metric, a complex, NaN or infinite
+      margin (a Python number is checked also under ``jit``) and, outside
+      ``jit``, on NaN embeddings, embeddings of norm above
+      :func:`sphereembed.losses.checks.max_norm` or invalid labels.
 
   References:
     Schroff, Kalenichenko & Philbin, "FaceNet: A Unified Embedding for Face
@@ -446,6 +473,8 @@ def triplet_semi_hard(
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin)
   dtype = embeddings.dtype
+  if embeddings.shape[0] == 0:
+    return _empty_batch(dtype, return_stats)
   distances, positives, negatives = _distances_and_masks(embeddings, labels, metric)
   inf = jnp.asarray(jnp.inf, dtype)
   negative_distances = jnp.where(negatives, distances, inf)

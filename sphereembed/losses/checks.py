@@ -8,8 +8,18 @@ Two kinds of checks guard every loss (and :mod:`sphereembed.centroids`,
 * value checks (``validate_*``: NaN/inf embeddings, labels out of range or
   not 0/1) need concrete values. They run automatically when a loss is called
   outside ``jit`` (eagerly, with concrete arrays, see
-  :func:`validate_if_concrete`). Inside a jitted step, call them on the host
-  batch. They are also re-exported by :mod:`sphereembed.losses`.
+  :func:`validate_if_concrete`), also when the call is differentiated
+  eagerly (``jax.grad(loss)(x)``: the tracers of ``grad`` and ``jvp`` carry
+  the concrete input, see :func:`concrete_value`). Inside a jitted step, call
+  them on the host batch. They are also re-exported by :mod:`sphereembed.losses`;
+* hyper-parameters (margins, temperatures, weights of terms) are checked by
+  :func:`validate_scalar` whenever their value is known: Python numbers
+  always, also under ``jit``; concrete arrays outside ``jit``.
+
+The magnitude of the embeddings a loss supports is bounded by
+:func:`max_norm`: squared distances summed over all pairs of the batch must be
+representable in the dtype. Outside ``jit`` a larger norm raises
+``ValueError``; under ``jit`` it may give ``inf`` or NaN.
 
 Example:
   >>> import numpy as np
@@ -24,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,17 +45,53 @@ __all__ = [
     "check_labels",
     "check_scalar",
     "check_weights",
+    "concrete_value",
     "is_concrete",
+    "max_norm",
     "validate_embeddings",
     "validate_if_concrete",
     "validate_labels",
+    "validate_magnitude",
+    "validate_scalar",
     "validate_weights",
 ]
 
 
+def concrete_value(x):
+  """The value of ``x`` as a NumPy array, or ``None`` when it is not known at trace time.
+
+  Plain arrays and Python numbers are their own value. A JAX tracer has a
+  value when it is traced by ``grad``/``jvp``/``linearize`` of concrete
+  inputs (an eager ``jax.grad(loss)(x)``), not under ``jit``, ``vmap`` or
+  ``eval_shape``.
+  """
+  if x is None:
+    return None
+  if isinstance(x, jax.core.Tracer):
+    try:
+      from jax._src import core as jax_core  # pylint: disable=import-outside-toplevel
+      value = jax_core.to_concrete_value(x)
+    except Exception:  # pylint: disable=broad-except
+      return None
+    if value is None or isinstance(value, jax.core.Tracer):
+      return None
+    x = value
+  return np.asarray(x)
+
+
 def is_concrete(*arrays) -> bool:
-  """True when no argument is a JAX tracer, i.e. values can be inspected."""
-  return not any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None)
+  """True when every argument's value is known (see :func:`concrete_value`); ``None`` is skipped."""
+  return all(concrete_value(a) is not None for a in arrays if a is not None)
+
+
+def max_norm(dtype, batch_size: int = 1) -> float:
+  """The largest embedding norm the losses support: ``sqrt(finfo.max) / (2 max(B, 1))``.
+
+  Squared distances (at most ``4 max ||x||^2``) summed over the ``B^2``
+  pairs of a batch then stay representable: about ``9.2e18 / B`` in float32
+  and ``6.7e153 / B`` in float64.
+  """
+  return math.sqrt(float(jnp.finfo(dtype).max)) / (2.0 * max(int(batch_size), 1))
 
 
 def check_embeddings(embeddings, name: str = "embeddings", ndim: int = 2) -> jax.Array:
@@ -104,17 +152,83 @@ def check_scalar(value, name: str, dtype) -> jax.Array:
   return value.astype(dtype)
 
 
+def validate_scalar(value, name: str, *, minimum: float | None = None,
+                    maximum: float | None = None, strict: bool = False,
+                    allow_inf: bool = False) -> None:
+  """Raises ``ValueError`` for a hyper-parameter that is not a real number in range.
+
+  Runs whenever the value is known (:func:`concrete_value`): for Python
+  numbers always, also under ``jit``. Refuses complex values, NaN, infinities
+  (unless ``allow_inf``) and values below ``minimum`` / above ``maximum``
+  (``strict``: the bounds themselves are refused too).
+  """
+  host = concrete_value(value)
+  if host is None:
+    return
+  if np.iscomplexobj(host) or not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
+    raise ValueError(f"{name} must be a real number, got dtype {host.dtype}.")
+  values = host.astype(np.float64)
+  if values.size == 0:
+    return
+  shown = (f"{float(values.reshape(-1)[0])!r}" if values.size == 1
+           else f"values in [{values.min()}, {values.max()}]")
+  if np.any(np.isnan(values)) or (not allow_inf and np.any(np.isinf(values))):
+    what = "not NaN" if allow_inf else "finite (not NaN or infinite)"
+    raise ValueError(f"{name} must be {what}, got {shown}.")
+  if minimum is not None and np.any(values <= minimum if strict else values < minimum):
+    relation = ">" if strict else ">="
+    word = ("positive " if strict else "non-negative ") if minimum == 0 else ""
+    raise ValueError(f"{name} must be {word}({relation} {minimum}), got {shown}.")
+  if maximum is not None and np.any(values >= maximum if strict else values > maximum):
+    relation = "<" if strict else "<="
+    raise ValueError(f"{name} must be {relation} {maximum}, got {shown}.")
+
+
 def validate_embeddings(embeddings, name: str = "embeddings") -> None:
   """Raises ``ValueError`` when ``embeddings`` hold NaN or infinite values.
 
   Needs concrete values: call it outside ``jit`` (losses do so automatically
-  when called eagerly).
+  when called eagerly, also under an eager ``jax.grad``); a value traced by
+  ``jit`` or ``vmap`` is not checked.
   """
-  values = np.asarray(embeddings)
+  values = concrete_value(embeddings)
+  if values is None:
+    return
+  if np.iscomplexobj(values):
+    raise ValueError(f"{name} must be real, got dtype {values.dtype}.")
   if not np.all(np.isfinite(values)):
     bad = np.argwhere(~np.isfinite(values))
     first = tuple(int(i) for i in bad[0])
     raise ValueError(f"{name} contain {len(bad)} NaN or infinite values (first at index {first}).")
+
+
+def validate_magnitude(embeddings, name: str = "embeddings", *, batch_size: int | None = None,
+                       scale: float = 1.0) -> None:
+  """Raises ``ValueError`` when a row norm of ``embeddings`` (times ``scale``) exceeds :func:`max_norm`.
+
+  ``batch_size`` defaults to the number of rows; ``scale`` (e.g. ``1 /
+  sqrt(temperature)``) accounts for a factor applied to the squared
+  distances. Runs when the value is known (see :func:`concrete_value`).
+  """
+  values = concrete_value(embeddings)
+  if values is None or values.size == 0 or np.iscomplexobj(values):
+    return
+  dtype = getattr(embeddings, "dtype", values.dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    return
+  values = values.astype(np.float64).reshape(-1, values.shape[-1] if values.ndim else 1)
+  # Scaled by the largest entry so that float64 itself does not overflow.
+  largest = float(np.max(np.abs(values)))
+  if not math.isfinite(largest) or largest == 0:
+    return
+  norm = largest * float(np.max(np.sqrt(np.sum(np.square(values / largest), axis=-1))))
+  rows = values.shape[0] if batch_size is None else batch_size
+  limit = max_norm(dtype, rows)
+  if not norm * scale <= limit:
+    raise ValueError(
+        f"{name} have a norm of {norm:.3g}{'' if scale == 1 else f' (times {scale:.3g})'}, above "
+        f"the supported {limit:.3g} (sqrt(finfo.max) / (2 B)): rescale them (the losses expect "
+        "embeddings of moderate norm, typically unit vectors).")
 
 
 def validate_labels(labels, num_classes: int | None = None) -> None:
@@ -123,8 +237,15 @@ def validate_labels(labels, num_classes: int | None = None) -> None:
 
   Needs concrete values: call it outside ``jit``.
   """
-  values = np.asarray(labels)
+  values = concrete_value(labels)
+  if values is None:
+    return
+  if np.iscomplexobj(values) or not (np.issubdtype(values.dtype, np.number)
+                                     or values.dtype == np.bool_):
+    raise ValueError(f"labels must be integer class ids or 0/1 multi-hot, got dtype {values.dtype}.")
   if values.ndim == 1:
+    if not np.issubdtype(values.dtype, np.integer):
+      raise ValueError(f"labels of shape (B,) must be integer class ids, got dtype {values.dtype}.")
     if values.size and values.min() < 0:
       raise ValueError(f"labels must be non-negative class ids, got minimum {values.min()}.")
     if num_classes is not None and values.size and values.max() >= num_classes:
@@ -140,17 +261,25 @@ def validate_labels(labels, num_classes: int | None = None) -> None:
 
 def validate_weights(weights) -> None:
   """Raises ``ValueError`` for NaN, infinite or negative per-sample weights."""
-  if weights is None:
+  values = concrete_value(weights)
+  if values is None:
     return
-  values = np.asarray(weights)
+  if np.iscomplexobj(values):
+    raise ValueError("weights must be real.")
   if not np.all(np.isfinite(values)) or np.any(values < 0):
     raise ValueError("weights must be finite and non-negative.")
 
 
-def validate_if_concrete(embeddings, labels=None, weights=None, num_classes=None) -> None:
-  """Runs the value checks when the inputs are concrete (eager calls)."""
+def validate_if_concrete(embeddings, labels=None, weights=None, num_classes=None, *,
+                         magnitude: bool = True) -> None:
+  """Runs the value checks when the inputs are concrete (eager calls, also under ``grad``).
+
+  ``magnitude``: also refuse embeddings above :func:`max_norm`.
+  """
   if is_concrete(embeddings):
     validate_embeddings(embeddings)
+    if magnitude:
+      validate_magnitude(embeddings)
   if labels is not None and is_concrete(labels):
     validate_labels(labels, num_classes)
   if weights is not None and is_concrete(weights):

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,10 +35,14 @@ import optax
 from sphereembed import centroids as centroids_lib
 from sphereembed import data as data_lib
 from sphereembed import geometry, losses
+from sphereembed import inference
 from sphereembed import plotting
+from sphereembed import prediction as prediction_lib
 from sphereembed.data import augment
 from sphereembed.data import cifar
+from sphereembed.data import files as data_files
 from sphereembed.data import pairs as pairs_lib
+from sphereembed.evaluation import calibration as eval_calibration
 from sphereembed.evaluation.protocols import confidence as confidence_protocol
 from sphereembed.methods.base import Method, default_config, register
 from sphereembed.training import builders
@@ -84,14 +90,21 @@ def _fields() -> ml_collections.ConfigDict:
 
   # Data: "mnist", "fashion_mnist", "mnist10k" (local IDX folders) or TFDS;
   # "cifar10", "cifar100" (the canonical python-pickle folders or archives,
-  # sphereembed.data.cifar.load_cifar, or TFDS).
+  # sphereembed.data.cifar.load_cifar, or TFDS); your own data as
+  # "folder:PATH", "npz:PATH" or "tfds:NAME[:CONFIG]" (sphereembed.data.files).
   config.dataset = "mnist"
   config.tfds_data_dir = ""
   config.download = False  # let TFDS download (machines with internet only)
+  # folder: data without train/ and test/ folders: this share of each class is the test split.
+  config.test_fraction = 0.2
+  config.image_size = 0  # > 0: resize every image to image_size x image_size
   config.max_train_examples = 0  # 0 = all; else a fixed random subset (smoke runs)
   config.max_test_examples = 0  # 0 = all; else the first N test (and OOD test) images
-  # Held out from the training images (not trained on): temperature scaling.
+  # Held out from the training images (not trained on): calibration of the
+  # confidence and the saved model's abstention threshold. A count, or a
+  # share of the training images (validation_fraction; not both).
   config.validation_examples = 0
+  config.validation_fraction = 0.0
   # Out-of-distribution test set for the confidence evaluation ("" = none).
   config.ood_dataset = ""
   # Imbalance: keep this fraction of the listed classes' training samples.
@@ -154,8 +167,17 @@ def _fields() -> ml_collections.ConfigDict:
 
   config.num_epochs = 10
   config.eval_every_steps = 0  # 0 = once per epoch
+
+  # The saved model abstains below the calibrated confidence that keeps
+  # abstain_level accuracy (abstain_target = "accuracy") or coverage
+  # ("coverage") on the validation split (validation_examples or validation_fraction > 0).
+  config.abstain_target = "accuracy"
+  config.abstain_level = 0.99
   return config
 
+
+# The name a dataset passed from Python (train_and_evaluate(..., dataset=...)) gets in the config.
+_ARRAYS_PREFIX = "arrays:"
 
 _CHOICES = {
     "sampler": ("shuffled", "balanced"),
@@ -164,20 +186,34 @@ _CHOICES = {
     "loss": LOSSES,
     "metric": ("euclidean", "squared_euclidean", "cosine", "great_circle"),
     "confidence": ("", "vmf", "gaussian", "gaussian_diagonal"),
-    "ood_dataset": ("", "mnist", "fashion_mnist", "mnist10k", "cifar10", "cifar100"),
     "model": ("small_cnn", "resnet18", "resnet34"),
     "dtype": ("float32", "bfloat16"),
     "augment": ("none", "crop_flip"),
+    "abstain_target": ("accuracy", "coverage"),
 }
 _POSITIVE = ("kernel_size", "batch_size", "classes_per_batch", "samples_per_class",
              "embedding_dim", "hidden", "num_epochs", "alpha_every", "kappa_max", "width",
              "temperature")
 _NON_NEGATIVE = ("max_train_examples", "max_test_examples", "validation_examples", "margin",
                  "negative_weight", "negative_gate", "classifier_weight", "confidence_weight",
-                 "centroid_warmup_steps", "random_shift", "eval_every_steps", "dropout_rate")
+                 "centroid_warmup_steps", "random_shift", "eval_every_steps", "dropout_rate",
+                 "image_size")
 
 
 def _validate(merged) -> None:
+  if not merged.dataset.startswith(_ARRAYS_PREFIX):
+    data_lib.check_dataset_name(merged.dataset)
+  if merged.ood_dataset:
+    data_lib.check_dataset_name(merged.ood_dataset)
+  if not 0 <= merged.validation_fraction < 1:
+    raise ValueError(f"config.validation_fraction must lie in [0, 1), got "
+                     f"{merged.validation_fraction}.")
+  if merged.validation_fraction and merged.validation_examples:
+    raise ValueError("set config.validation_examples or config.validation_fraction, not both.")
+  if not 0 < merged.test_fraction < 1:
+    raise ValueError(f"config.test_fraction must lie in (0, 1), got {merged.test_fraction}.")
+  if not 0 < merged.abstain_level <= 1:
+    raise ValueError(f"config.abstain_level must lie in (0, 1], got {merged.abstain_level}.")
   if not 0 < merged.imbalanced_fraction <= 1:
     raise ValueError(f"config.imbalanced_fraction must lie in (0, 1], got "
                      f"{merged.imbalanced_fraction}.")
@@ -505,29 +541,54 @@ def _subset(split: data_lib.Split, indices: np.ndarray) -> data_lib.Split:
   return data_lib.Split(split.images[indices], split.labels[indices])
 
 
+def _resized(dataset: data_lib.Dataset, size: int) -> data_lib.Dataset:
+  if not size or dataset.image_shape[:2] == (size, size):
+    return dataset
+  return dataclasses.replace(
+      dataset,
+      train=data_lib.Split(data_files.resize_images(dataset.train.images, size),
+                           dataset.train.labels),
+      test=data_lib.Split(data_files.resize_images(dataset.test.images, size),
+                          dataset.test.labels))
+
+
 def _load_dataset(name: str, config) -> data_lib.Dataset:
-  """``name`` from the config's sources: CIFAR's canonical pickles, IDX folders, TFDS."""
+  """``name`` from the config's sources: CIFAR's canonical pickles, IDX folders, TFDS, your files."""
+  if name.startswith(_ARRAYS_PREFIX):
+    raise ValueError(f"config.dataset = {name!r} names arrays passed from Python: pass the same "
+                     "dataset again (train_and_evaluate(config, workdir, dataset=...)).")
   if name in cifar.CIFAR_FOLDERS:
-    return cifar.load_cifar(name, config.data_dir or None,
-                            tfds_data_dir=config.tfds_data_dir or None, download=config.download)
+    return _resized(cifar.load_cifar(name, config.data_dir or None,
+                                     tfds_data_dir=config.tfds_data_dir or None,
+                                     download=config.download), config.image_size)
   return data_lib.load_dataset(name, config.data_dir or None,
                                tfds_data_dir=config.tfds_data_dir or None,
-                               download=config.download)
+                               download=config.download, test_fraction=config.test_fraction,
+                               image_size=config.image_size)
 
 
-def prepare_data(config) -> Data:
-  """The config's dataset, with its held-out validation split, imbalance, caps and OOD set."""
-  dataset = _load_dataset(config.dataset, config)
+def prepare_data(config, dataset: data_lib.Dataset | None = None) -> Data:
+  """The config's dataset, with its held-out validation split, imbalance, caps and OOD set.
+
+  Args:
+    config: the run's config.
+    dataset: a dataset given from Python, used in place of ``config.dataset``.
+  """
+  if dataset is not None:
+    dataset = _resized(dataset, config.image_size)
+  else:
+    dataset = _load_dataset(config.dataset, config)
   train, test = dataset.train, dataset.test
   validation = None
-  if config.validation_examples:
-    if config.validation_examples >= len(train):
-      raise ValueError(f"config.validation_examples = {config.validation_examples} leaves no "
-                       f"training images (the training set has {len(train)}).")
+  held_out = config.validation_examples or int(round(config.validation_fraction * len(train)))
+  if held_out:
+    if held_out >= len(train):
+      raise ValueError(f"a validation split of {held_out} images leaves no training images "
+                       f"(the training set has {len(train)}).")
     # A fixed permutation (not the run's seed): every seed holds out the same images.
     order = np.random.default_rng(12345).permutation(len(train))
-    validation = _subset(train, np.sort(order[:config.validation_examples]))
-    train = _subset(train, np.sort(order[config.validation_examples:]))
+    validation = _subset(train, np.sort(order[:held_out]))
+    train = _subset(train, np.sort(order[held_out:]))
   if config.imbalanced_classes and config.imbalanced_fraction < 1:
     keep = {int(c): config.imbalanced_fraction for c in config.imbalanced_classes}
     train = _subset(train, data_lib.subsample_classes(train.labels, keep, seed=config.seed))
@@ -538,6 +599,10 @@ def prepare_data(config) -> Data:
   if config.ood_dataset:
     ood = builders.limit_examples(_load_dataset(config.ood_dataset, config).test,
                                   config.max_test_examples)
+    if ood.images.shape[1:] != train.images.shape[1:]:
+      raise ValueError(f"config.ood_dataset = {config.ood_dataset!r} has images of shape "
+                       f"{ood.images.shape[1:]}, the training images {train.images.shape[1:]}; "
+                       "set config.image_size to resize both (the channels must agree).")
   return Data(dataset, train, test, validation, ood)
 
 
@@ -634,8 +699,9 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
   predictions = np.asarray(nearest_centroid(embeddings, centroids, metric))
   num_classes = centroids.shape[0]
   correct = predictions == test.labels
-  per_class = [float(np.mean(correct[test.labels == k])) if np.any(test.labels == k) else None
-               for k in range(num_classes)]
+  counts = np.bincount(test.labels, minlength=num_classes)
+  hits = np.bincount(test.labels, weights=correct, minlength=num_classes)
+  per_class = [float(h / c) if c else None for h, c in zip(hits.tolist(), counts.tolist())]
   present = [a for a in per_class if a is not None]
   result: dict[str, Any] = {
       "test_accuracy": float(np.mean(correct)),
@@ -658,14 +724,75 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
 
 
 # ----------------------------------------------------------------------------
+# The model a run keeps.
+
+
+def _model_artifact(config, model, state, data: Data, centroids, test_outputs,
+                    validation_outputs, ood_outputs):
+  """The trained model with its calibration, and what its predictions measure on the test set.
+
+  The calibration (temperature, isotonic map, abstention threshold for
+  ``config.abstain_target`` / ``abstain_level``) is fitted on the validation
+  split; without one the model keeps no calibration and never abstains.
+
+  Returns:
+    ``(artifact, metrics)``: the :class:`~sphereembed.inference.ModelArtifact`
+    and ``model/...`` metrics of its predictions on the test set (coverage,
+    accuracy of the kept images, ECE of the confidence, and the share of
+    the OOD set abstained on).
+  """
+  score = prediction_lib.default_score(test_outputs)
+  if validation_outputs is not None:
+    logits, _ = prediction_lib.confidence_scores(validation_outputs, centroids)[score]
+    calibration = prediction_lib.Calibration.fit(
+        logits, data.validation.labels, score=score, target=config.abstain_target,
+        level=config.abstain_level)
+  else:
+    logging.warning("No validation split (config.validation_examples and validation_fraction "
+                    "are 0): the saved model's confidence is not calibrated and it never abstains.")
+    calibration = prediction_lib.Calibration(score=score, target=config.abstain_target,
+                                             level=config.abstain_level)
+
+  def predict(outputs):
+    return calibration.predict(prediction_lib.confidence_scores(outputs, centroids)[score][0])
+
+  test = predict(test_outputs)
+  correct = test.label == data.test.labels
+  kept = ~test.abstain
+  metrics = {
+      "model/threshold": calibration.threshold,
+      "model/coverage": float(np.mean(kept)),
+      "model/accuracy_kept": float(np.mean(correct[kept])) if kept.any() else math.nan,
+      "model/ece": eval_calibration.expected_calibration_error(test.confidence, correct),
+  }
+  if ood_outputs is not None:
+    metrics["model/ood_abstain_rate"] = float(np.mean(predict(ood_outputs).abstain))
+  artifact = inference.ModelArtifact(
+      model=model, params=sharding.to_host(state.params),
+      batch_stats=sharding.to_host(state.batch_stats), centroids=centroids,
+      class_names=data.dataset.names(), image_shape=data.train.images.shape[1:],
+      metric=config.metric, calibration=calibration,
+      info={"method": config.method, "dataset": config.dataset, "loss": config.loss,
+            "confidence": config.confidence, "seed": config.seed,
+            "validation_examples": len(data.validation) if data.validation is not None else 0,
+            "test_accuracy": float(np.mean(correct)), **metrics})
+  return artifact, metrics
+
+
+# ----------------------------------------------------------------------------
 # The method.
 
 
 def _run(run: engine.Run) -> dict[str, Any]:
   config, mesh = run.config, run.mesh
-  data = prepare_data(config)
+  data = prepare_data(config, run.dataset)
   train, test = data.train, data.test
   num_classes = data.dataset.num_classes
+  if config.sampler == "balanced" and config.classes_per_batch > num_classes:
+    raise ValueError(f"config.classes_per_batch = {config.classes_per_batch}, but "
+                     f"{config.dataset} has {num_classes} classes: set "
+                     f"--config.classes_per_batch={num_classes} (or fewer), or "
+                     "--config.sampler=shuffled.")
   sampler = builders.make_sampler(config, train.labels)
   batch_size, batch_source = builders.global_batch_size(config, sampler, len(train))
   num_train_steps = config.num_epochs * sampler.num_batches
@@ -694,15 +821,20 @@ def _run(run: engine.Run) -> dict[str, Any]:
   result.pop("predictions")
   test_outputs = result.pop("outputs")
   centroids = sharding.to_host(state.extras["centroids"])
+  embed = lambda split: (embed_dataset(state, split.images, config.eval_batch_size, mesh)
+                         if split is not None else None)
+  validation_outputs, ood_outputs = embed(data.validation), embed(data.ood)
+  artifact, model_metrics = _model_artifact(config, model, state, data, centroids, test_outputs,
+                                            validation_outputs, ood_outputs)
+  result.update(model_metrics)
+  result["model_artifact"] = artifact
   confidence_inputs = None
   if (data.validation is not None or data.ood is not None or config.confidence
       or config.dataset in cifar.CIFAR_FOLDERS):
-    embed = lambda split: (embed_dataset(state, split.images, config.eval_batch_size, mesh)
-                           if split is not None else None)
     confidence_inputs = dict(
-        validation_outputs=embed(data.validation),
+        validation_outputs=validation_outputs,
         validation_labels=data.validation.labels if data.validation is not None else None,
-        ood_outputs=embed(data.ood))
+        ood_outputs=ood_outputs)
     result.update(confidence_protocol.evaluate_confidence(
         test_outputs, test.labels, centroids, **confidence_inputs))
   if "centroid/accuracy_at_80" in result:
@@ -717,22 +849,30 @@ def _run(run: engine.Run) -> dict[str, Any]:
   if config.figures and run.primary:
     title = (f"{config.loss}, {config.embedding_dim}-D, {config.dataset}: nearest-centroid "
              f"test accuracy {100 * result['test_accuracy']:.2f}%")
-    plotting.plot_embeddings(embeddings, test.labels, centroids, run.path("embeddings.png"),
-                             title=title)
+    paths = [plotting.plot_embeddings(embeddings, test.labels, centroids,
+                                      run.path("embeddings.png"), title=title)]
     if "kappa" in test_outputs and config.embedding_dim in (2, 3):
       plotting.plot_embeddings_by_confidence(
           embeddings, test_outputs["kappa"], labels=test.labels,
-          path=run.path("embeddings_kappa.png"), title="test embeddings coloured by kappa")
+          path=run.path("embeddings_kappa.png"), title="test embeddings coloured by kappa",
+          colorbar_label="kappa")
+      paths.append(run.path("embeddings_kappa.png"))
     if confidence_inputs is not None:
-      confidence_protocol.plot_confidence_figures(run.workdir, test_outputs, test.labels,
-                                                  centroids, **confidence_inputs)
-    plotting.plot_training_curves(
+      described = confidence_protocol.plot_confidence_figures(
+          run.workdir, test_outputs, test.labels, centroids, **confidence_inputs,
+          in_name=f"{config.dataset} test",
+          ood_name=f"{config.ood_dataset} test" if config.ood_dataset else None,
+          with_descriptions=True)
+      paths += [path for path, _ in described]
+    paths.append(plotting.plot_training_curves(
         metric_writers.read_jsonl(run.path("metrics.jsonl")), run.path("training_curves.png"),
-        keys=("train_loss", "test_accuracy", "train_alpha"))
+        keys=("train_loss", "test_accuracy", "train_alpha")))
+    plotting.write_figure_index(run.workdir, plotting.figure_entries(paths))
   return result
 
 
 register(Method(
     name="centroid", fields=_fields, run=_run, validate=_validate, choices=_CHOICES,
     positive=_POSITIVE, non_negative=_NON_NEGATIVE,
-    resume_safe=frozenset({"tfds_data_dir", "download", "eval_every_steps"})))
+    resume_safe=frozenset({"tfds_data_dir", "download", "eval_every_steps", "abstain_target",
+                           "abstain_level"})))

@@ -8,8 +8,9 @@
   map :func:`~sphereembed.training.engine.map_batches`, the resume check.
 * :mod:`~sphereembed.training.builders`: model, optimiser, sampler and mesh from a config.
 * :mod:`~sphereembed.training.config`: the engine's config fields and the shared checks.
-* :mod:`~sphereembed.training.checkpoints`, :mod:`~sphereembed.training.metric_writers`,
-  :mod:`~sphereembed.training.sharding`.
+* :mod:`~sphereembed.training.checkpoints` (checksummed, with the run's config),
+  :mod:`~sphereembed.training.lock` (one run per workdir),
+  :mod:`~sphereembed.training.metric_writers`, :mod:`~sphereembed.training.sharding`.
 
 Methods (:mod:`sphereembed.methods`) build on this package;
 :func:`sphereembed.train_and_evaluate` runs them.

@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from sphereembed.data import cifar
+from sphereembed.training import checkpoints
 from sphereembed.training import metric_writers
 from sphereembed.training import sharding
 from sphereembed.training.checkpoints import Checkpointer
@@ -63,6 +64,8 @@ class Run:
     resumed_from: the step each phase restarted from (0: a fresh start).
     last_loss: the last logged training loss of each phase (absent when a
       phase was already finished before this run).
+    dataset: a dataset the caller passed in place of ``config.dataset``
+      (:class:`sphereembed.data.Dataset`), or ``None``.
   """
 
   config: ml_collections.ConfigDict
@@ -73,6 +76,7 @@ class Run:
   seconds: dict = dataclasses.field(default_factory=dict)
   resumed_from: dict = dataclasses.field(default_factory=dict)
   last_loss: dict = dataclasses.field(default_factory=dict)
+  dataset: Any = None
 
   def path(self, *names: str) -> str:
     return os.path.join(self.workdir, *names)
@@ -93,9 +97,28 @@ def _has_checkpoints(workdir: str) -> bool:
       for name in os.listdir(os.path.join(root, phase)))
 
 
+def _read_workdir_config(path: str):
+  """The workdir's ``config.json``: a dict, None when absent, or the reason it is unreadable."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, "rb") as f:
+      text = f.read()
+    if not text.strip():
+      return "the file is empty"
+    saved = json.loads(text.decode("utf-8"))
+  except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+  return saved if isinstance(saved, dict) else f"a JSON {type(saved).__name__}, not an object"
+
+
 def check_resumable(config, workdir: str, *, defaults: dict, resume_safe=frozenset(),
                     write: bool = True) -> None:
   """Refuses to resume a run whose training-relevant config differs; ``write``: saves the config.
+
+  The earlier run's config is the workdir's ``config.json``; when that is
+  missing or unreadable, the one kept in its newest checkpoint
+  (:func:`sphereembed.training.checkpoints.saved_config`), with a warning.
 
   Args:
     config: the validated config of this run.
@@ -108,8 +131,9 @@ def check_resumable(config, workdir: str, *, defaults: dict, resume_safe=frozens
 
   Raises:
     ValueError: the workdir holds a run of another config that saved a
-      checkpoint (a run that never did may be replaced), or checkpoints of
-      an earlier version's layout.
+      checkpoint (a run that never did may be replaced), checkpoints of
+      an earlier version's layout, or checkpoints with an unreadable
+      ``config.json`` and no config kept in them.
   """
   root = os.path.join(workdir, "checkpoints")
   if os.path.isdir(root) and any(name.isdigit() for name in os.listdir(root)):
@@ -121,17 +145,32 @@ def check_resumable(config, workdir: str, *, defaults: dict, resume_safe=frozens
   current = config.to_dict()
   # A run that never saved a checkpoint (it failed before: bad data, an interrupt) holds
   # nothing to resume: its corrected command may reuse the workdir.
-  if os.path.exists(path) and _has_checkpoints(workdir):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-    as_json = lambda value: json.dumps(value, default=list)
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in resume_safe
-                     and as_json(saved.get(k, defaults.get(k))) != as_json(current.get(k)))
-    if changed:
-      raise ValueError(
-          f"{workdir} holds a run with a different config (fields {changed}); resuming it would "
-          "mix two experiments. Use another --workdir, or delete that one.")
+  if _has_checkpoints(workdir):
+    saved, source = _read_workdir_config(path), path
+    if not isinstance(saved, dict):
+      kept = checkpoints.saved_config(root)
+      if kept is None and isinstance(saved, str):
+        raise ValueError(
+            f"{path} cannot be read ({saved}), and the checkpoints in {root} keep no config to "
+            "check this run against (an earlier version of sphereembed saved them). Restore "
+            "that file from a copy, or use another --workdir.")
+      if kept is None:
+        logging.warning("%s is missing and the checkpoints in %s keep no config: resuming "
+                        "without checking that the config is the same.", path, root)
+      else:
+        logging.warning("%s is %s; checking this run against the config kept in the "
+                        "checkpoint %s.", path,
+                        "missing" if saved is None else f"unreadable ({saved})", kept[0])
+        saved, source = kept[1], kept[0]
+    if isinstance(saved, dict):
+      as_json = lambda value: json.dumps(value, default=list)
+      changed = sorted(k for k in set(saved) | set(current)
+                       if k not in resume_safe
+                       and as_json(saved.get(k, defaults.get(k))) != as_json(current.get(k)))
+      if changed:
+        raise ValueError(
+            f"{workdir} holds a run with a different config (fields {changed}, as saved in "
+            f"{source}); resuming it would mix two experiments. Use another --workdir.")
   if write:
     write_json(path, current)
 
@@ -180,18 +219,22 @@ def run_phase(run: Run, name: str, state, step_fn: StepFn, *, num_steps: int,
     FloatingPointError: the training loss became NaN or infinite.
     KeyboardInterrupt: passed on after checkpointing the last finished step
       (Ctrl-C), so that rerunning resumes where the run stopped.
-    CorruptCheckpointError: the phase's checkpoint cannot be restored.
+    CorruptCheckpointError: no checkpoint of the phase can be restored (a damaged
+      latest one falls back to the one before, with a warning).
   """
   config, mesh, writer = run.config, run.mesh, run.writer
   _check_batch_fits_mesh(batch_size, mesh, batch_size_source)
   # The same seed on every process: the same initial state, replicated.
   state = sharding.replicate(state, mesh)
-  checkpointer = Checkpointer(run.path("checkpoints", name), config.keep_checkpoints)
+  # Every checkpoint keeps the run's config (check_resumable reads it when config.json is gone).
+  checkpointer = Checkpointer(run.path("checkpoints", name), config.keep_checkpoints,
+                              config=config.to_dict())
   iterator = None
   start_time = time.monotonic()
   try:
-    # Restored straight into the replicated shardings, on every process.
-    state = checkpointer.restore_or_keep(state)
+    # Restored straight into the replicated shardings, on every process. A damaged latest
+    # checkpoint (a disk error, a kill during the save) falls back to the one before, warning.
+    state = checkpointer.restore_or_keep(state, fallback=True)
     start = int(sharding.to_host(state.step))
     run.resumed_from[name] = start
     if start < num_steps:
@@ -220,8 +263,10 @@ def run_phase(run: Run, name: str, state, step_fn: StepFn, *, num_steps: int,
                      for k in pending[0]}
           pending = []
           run.last_loss[name] = summary["loss"]
-          writer.write_scalars(step, {f"{name}_{k}": v for k, v in summary.items()})
-          progress(step, extra=f"{name} loss={summary['loss']:.4f}")
+          # Recorded in the files; the progress line is their one log line.
+          writer.write_scalars(step, {f"{name}_{k}": v for k, v in summary.items()}, log=False)
+          progress(step, extra=f"{name} loss={summary['loss']:.4f}" + "".join(
+              f", {k}={v:.4g}" for k, v in sorted(summary.items()) if k != "loss"))
           if not np.isfinite(summary["loss"]):
             raise FloatingPointError(
                 f"The {name} loss became {summary['loss']} at step {step}; lower "

@@ -20,8 +20,9 @@ from absl import logging
 import numpy as np
 
 __all__ = [
-    "JsonlWriter", "LoggingWriter", "MetricWriter", "MultiWriter", "ReportProgress",
-    "TensorBoardWriter", "create_default_writer", "read_jsonl",
+    "CorruptMetricsError", "JsonlWriter", "LoggingWriter", "MetricWriter", "MultiWriter",
+    "ReportProgress", "TensorBoardWriter", "create_default_writer", "read_jsonl",
+    "repair_torn_tail",
 ]
 
 
@@ -32,7 +33,12 @@ def _to_float(value) -> float:
 class MetricWriter:
   """The interface: scalars per step, hyperparameters once, flush and close."""
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+  def write_scalars(self, step: int, scalars: Mapping[str, Any], log: bool = True) -> None:
+    """Records ``scalars`` at ``step``; ``log=False`` keeps them out of the text log.
+
+    The engine's progress line already shows the training metrics it
+    records with ``log=False``: one log line per interval, not three.
+    """
     raise NotImplementedError
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
@@ -48,15 +54,19 @@ class MetricWriter:
 class JsonlWriter(MetricWriter):
   """One JSON object per ``write_scalars`` call: ``{"step": s, name: value, ...}``.
 
-  Appends, so a resumed run continues the file of the interrupted one.
+  Appends, so a resumed run continues the file of the interrupted one; a
+  last line that a killed run left half-written is repaired first
+  (:func:`repair_torn_tail`), so that new records never glue onto it.
   """
 
   def __init__(self, path: str):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     self.path = path
+    repair_torn_tail(path)
     self._file = open(path, "a", encoding="utf-8")
 
-  def write_scalars(self, step, scalars):
+  def write_scalars(self, step, scalars, log=True):
+    del log  # files keep everything
     record = {"step": int(step), **{k: _to_float(v) for k, v in scalars.items()}}
     self._file.write(json.dumps(record) + "\n")
 
@@ -77,7 +87,8 @@ class TensorBoardWriter(MetricWriter):
     from tensorboardX import SummaryWriter  # Imported here: only this writer needs it.
     self._writer = SummaryWriter(logdir)
 
-  def write_scalars(self, step, scalars):
+  def write_scalars(self, step, scalars, log=True):
+    del log  # files keep everything
     for name, value in scalars.items():
       self._writer.add_scalar(name, _to_float(value), int(step))
 
@@ -94,7 +105,9 @@ class TensorBoardWriter(MetricWriter):
 class LoggingWriter(MetricWriter):
   """Scalars to the absl log, one line per call."""
 
-  def write_scalars(self, step, scalars):
+  def write_scalars(self, step, scalars, log=True):
+    if not log:
+      return
     text = ", ".join(f"{name}={_to_float(value):.4g}" for name, value in sorted(scalars.items()))
     logging.info("[%d] %s", step, text)
 
@@ -105,9 +118,9 @@ class MultiWriter(MetricWriter):
   def __init__(self, writers: Sequence[MetricWriter]):
     self.writers = list(writers)
 
-  def write_scalars(self, step, scalars):
+  def write_scalars(self, step, scalars, log=True):
     for writer in self.writers:
-      writer.write_scalars(step, scalars)
+      writer.write_scalars(step, scalars, log=log)
 
   def write_hparams(self, hparams):
     for writer in self.writers:
@@ -142,10 +155,95 @@ def create_default_writer(logdir: str, *, tensorboard: bool = True,
   return MultiWriter(writers)
 
 
+class CorruptMetricsError(ValueError):
+  """A line of a JSON-lines metrics file, other than a torn last one, is not a JSON record."""
+
+
+def _parse_line(line: bytes):
+  """The JSON value of one line, or None when it is not valid UTF-8 JSON."""
+  try:
+    return json.loads(line.decode("utf-8"))
+  except ValueError:  # JSONDecodeError and UnicodeDecodeError
+    return None
+
+
+def _preview(data: bytes, limit: int = 80) -> str:
+  text = repr(data[:limit])
+  return text + ("..." if len(data) > limit else "")
+
+
+def repair_torn_tail(path: str) -> None:
+  """Makes ``path`` end with a whole line before anything is appended to it.
+
+  A process killed while writing (or a crash of the machine) can leave the
+  last line half-written: bytes after the last newline. If they still form a
+  JSON record, the missing newline is added; otherwise they are cut off (a
+  half record cannot be used), with a warning quoting them. A missing or
+  empty file, or one that ends with a newline, is left alone.
+  """
+  try:
+    size = os.path.getsize(path)
+  except OSError:
+    return
+  if size == 0:
+    return
+  with open(path, "r+b") as f:
+    # Find the start of the last line, reading backwards in blocks.
+    end, start, tail = size, size, b""
+    while start > 0:
+      step = min(1 << 16, start)
+      f.seek(start - step)
+      block = f.read(step)
+      newline = block.rfind(b"\n")
+      if newline >= 0:
+        tail = block[newline + 1:] + tail
+        start = start - step + newline + 1
+        break
+      tail, start = block + tail, start - step
+    if start == end:
+      return  # ends with a newline
+    if isinstance(_parse_line(tail), dict):
+      f.seek(end)
+      f.write(b"\n")
+      return
+    f.truncate(start)
+  logging.warning("%s ended in a half-written line (%d bytes, %s), left by an interrupted run: "
+                  "removed it before appending.", path, end - start, _preview(tail))
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """The scalar records of a :class:`JsonlWriter` file (hparams lines skipped)."""
-  with open(path, encoding="utf-8") as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  """The scalar records of a :class:`JsonlWriter` file (hparams lines skipped).
+
+  A torn last line (no final newline: what a killed writer leaves) is
+  skipped with a warning.
+
+  Raises:
+    CorruptMetricsError: any other line that is not a JSON object (garbage
+      bytes, a line glued onto a torn one); the message names the file and
+      the line number.
+  """
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  # After the last newline: b"" for a whole file, else a line whose writer was interrupted.
+  torn = lines.pop()
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    record = _parse_line(line)
+    if not isinstance(record, dict):
+      raise CorruptMetricsError(
+          f"{path}, line {number}, is not a JSON record ({_preview(line)}): the file is damaged "
+          f"(a disk error, or two runs writing it at once). Repair or remove that line, or use "
+          "another --workdir.")
+    records.append(record)
+  if torn.strip():
+    record = _parse_line(torn)
+    if isinstance(record, dict):
+      records.append(record)
+    else:
+      logging.warning("%s: skipped its half-written last line %d (%s), left by an interrupted "
+                      "run.", path, len(lines) + 1, _preview(torn))
   return [r for r in records if "step" in r]
 
 
@@ -197,6 +295,6 @@ class ReportProgress:
                          + (f", {extra}" if extra else ""))
     logging.info("%s", self.last_message)
     if self.writer is not None and math.isfinite(rate):
-      self.writer.write_scalars(step, {"steps_per_sec": rate})
+      self.writer.write_scalars(step, {"steps_per_sec": rate}, log=False)  # it is in the line
     self._last_step, self._last_time = step, now
     return self.last_message

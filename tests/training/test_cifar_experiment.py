@@ -287,5 +287,5 @@ def test_runs_from_before_the_new_fields_still_resume(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(old, default=list))
   changed = methods.default_config()
   changed.model = "resnet18"
-  with pytest.raises(ValueError, match=r"different config \(fields \['model'\]\)"):
+  with pytest.raises(ValueError, match=r"different config \(fields \['model'\], as saved in"):
     check(methods.validate_config(changed))

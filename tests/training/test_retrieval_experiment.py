@@ -1,4 +1,4 @@
-"""The retrieval experiment of issue 8: every method end to end on tiny data, the command, errors."""
+"""The LAM comparison experiment: every method end to end on tiny data, the command, errors."""
 
 import json
 import math

@@ -24,51 +24,18 @@ class probabilities, i.e. the nearest centroid for all but ``softmax``.
 
 from __future__ import annotations
 
-from typing import Any
+import os
 
 import jax
 import numpy as np
-
-import os
 
 from sphereembed import confidence as confidence_lib
 from sphereembed import plotting
 from sphereembed.evaluation import calibration
 from sphereembed.evaluation.evaluators import CalibrationEvaluator, OODEvaluator
+from sphereembed.prediction import confidence_scores
 
 __all__ = ["confidence_scores", "evaluate_confidence", "plot_confidence_figures"]
-
-
-def confidence_scores(outputs: dict[str, Any], centroids) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Per score name: ``(logits (N, K), uncertainty (N,))``, larger uncertainty = less sure.
-
-  Args:
-    outputs: the model's outputs on a set of images (NumPy arrays):
-      ``"embedding"`` and optionally ``"kappa"``, ``"log_sigma"``, ``"logits"``.
-    centroids: ``(K, D)`` unit class centroids.
-  """
-  embeddings = np.asarray(outputs["embedding"], np.float64)
-  centroids = np.asarray(centroids, np.float64)
-  cosine = embeddings @ centroids.T
-  scores = {"centroid": (cosine, -cosine.max(axis=1))}
-  if "kappa" in outputs:
-    kappa = np.asarray(outputs["kappa"], np.float64)
-    logits = np.asarray(confidence_lib.vmf_class_log_posterior(embeddings, centroids, kappa))
-    scores["kappa"] = (logits, -kappa)
-  if "log_sigma" in outputs:
-    log_sigma = np.asarray(outputs["log_sigma"], np.float64)
-    # Per-axis precisions (an isotropic sigma broadcast over the axes).
-    precision = np.exp(-2 * (log_sigma if log_sigma.ndim == 2 else log_sigma[:, None]))
-    squared = np.square(embeddings[:, None, :] - centroids[None, :, :])
-    logits = -np.sum(squared * precision[:, None, :], axis=-1) / 2
-    if log_sigma.ndim == 2:
-      log_sigma = log_sigma.mean(axis=1)
-    scores["sigma"] = (logits, log_sigma)
-  if "logits" in outputs:
-    logits = np.asarray(outputs["logits"], np.float64)
-    probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
-    scores["softmax"] = (logits, -probabilities.max(axis=1))
-  return scores
 
 
 def _order_confidence(uncertainty: np.ndarray) -> np.ndarray:
@@ -144,8 +111,9 @@ _SCORE_LABELS = {"centroid": "cosine to the nearest centroid", "kappa": "kappa",
 
 def plot_confidence_figures(workdir: str, test_outputs, test_labels, centroids, *,
                             validation_outputs=None, validation_labels=None,
-                            ood_outputs=None, num_bins: int = 15) -> list[str]:
-  """The confidence figures of the talk, one PNG each, into ``workdir``.
+                            ood_outputs=None, num_bins: int = 15, in_name: str | None = None,
+                            ood_name: str | None = None, with_descriptions: bool = False):
+  """The confidence figures, one PNG each, into ``workdir``.
 
   * ``confidence_boxplot_{score}.png``: the score of correct, wrong and OOD
     samples;
@@ -162,9 +130,14 @@ def plot_confidence_figures(workdir: str, test_outputs, test_labels, centroids, 
     test_outputs, test_labels, centroids: as for :func:`evaluate_confidence`.
     validation_outputs, validation_labels, ood_outputs: likewise.
     num_bins: reliability-diagram bins.
+    in_name, ood_name: names of the test and OOD sets for the titles and
+      legends (e.g. ``"MNIST test"``, ``"Fashion-MNIST test"``).
+    with_descriptions: return ``(path, one-line description)`` pairs, most
+      useful first, ready for :func:`sphereembed.plotting.write_figure_index`.
 
   Returns:
-    The paths written.
+    The paths written, in the order written; with ``with_descriptions``,
+    ``(path, description)`` pairs, most useful first.
   """
   test_labels = np.asarray(test_labels)
   test_scores = confidence_scores(test_outputs, centroids)
@@ -172,6 +145,7 @@ def plot_confidence_figures(workdir: str, test_outputs, test_labels, centroids, 
   validation_scores = (confidence_scores(validation_outputs, centroids)
                        if validation_outputs is not None else None)
   paths = []
+  on = f" on {in_name}" if in_name else ""
 
   def path(name):
     paths.append(os.path.join(workdir, name))
@@ -184,7 +158,9 @@ def plot_confidence_figures(workdir: str, test_outputs, test_labels, centroids, 
     label = _SCORE_LABELS.get(name, name)
     plotting.plot_confidence_boxplot(
         -uncertainty, correct, None if ood_scores is None else -ood_scores[name][1],
-        ylabel=label, path=path(f"confidence_boxplot_{name}.png"))
+        ylabel=label, ood_name=ood_name, title=f"{label} by outcome{on}",
+        log_scale=None if name == "kappa" else False,
+        path=path(f"confidence_boxplot_{name}.png"))
     plotting.plot_reliability_diagram(probabilities.max(axis=1), correct, num_bins=num_bins,
                                       title=f"{name} posterior, raw",
                                       path=path(f"reliability_{name}.png"))
@@ -202,14 +178,17 @@ def plot_confidence_figures(workdir: str, test_outputs, test_labels, centroids, 
       roc[label] = (np.concatenate([uncertainty, ood_uncertainty]),
                     np.concatenate([np.zeros(len(uncertainty)), np.ones(len(ood_uncertainty))]))
   correct = np.argmax(test_scores["centroid"][0], axis=1) == test_labels
-  plotting.plot_risk_coverage(selective, correct, title="nearest-centroid prediction",
+  plotting.plot_risk_coverage(selective, correct, title=f"nearest-centroid prediction{on}",
                               path=path("risk_coverage.png"))
   if roc:
-    plotting.plot_roc_curves(roc, title="OOD detection", path=path("ood_roc.png"))
+    plotting.plot_roc_curves(roc, title="OOD detection", in_name=in_name, ood_name=ood_name,
+                             path=path("ood_roc.png"))
   if "kappa" in test_scores and "softmax" in test_scores:
     softmax_logits = test_scores["softmax"][0]
     plotting.plot_confidence_scatter(
         -test_scores["kappa"][1], np.asarray(jax.nn.softmax(softmax_logits, axis=-1)).max(axis=1),
         np.argmax(softmax_logits, axis=1) == test_labels, xlabel="kappa", log_x=True,
-        path=path("kappa_vs_softmax.png"))
+        title=in_name or "", path=path("kappa_vs_softmax.png"))
+  if with_descriptions:
+    return plotting.figure_entries(paths)
   return paths
