@@ -570,7 +570,7 @@ class Index:
 
   Example:
     >>> import numpy as np
-    >>> index = Index(np.eye(3), ["a", "b", "c"], threshold=0.5)
+    >>> index = Index(np.eye(3), ["a", "b", "c"], threshold=0.1)
     >>> distances, indices, labels = index.search(np.array([[0.9, 0.1, 0.0]]), k=2)
     >>> labels.tolist(), index.identify(np.array([[0.0, 0.6, 0.8], [0.0, 0.0, 1.0]])).tolist()
     ([['a', 'b']], ['unknown', 'c'])

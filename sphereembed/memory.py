@@ -224,8 +224,9 @@ def memory_loss(loss_fn: Callable, embeddings: jax.Array, labels: jax.Array, mem
     >>> import jax.numpy as jnp
     >>> from sphereembed import losses
     >>> from sphereembed.memory import memory_init, memory_loss, memory_update
-    >>> memory = memory_update(memory_init(4, 2), jnp.array([[0.0, 1.0]]), jnp.array([1]))
-    >>> x, y = jnp.array([[1.0, 0.0], [1.0, 0.0]]), jnp.array([0, 0])
+    >>> stored = jnp.array([[0.0, 1.0]], jnp.float32)
+    >>> memory = memory_update(memory_init(4, 2), stored, jnp.array([1]))
+    >>> x, y = jnp.array([[1.0, 0.0], [1.0, 0.0]], jnp.float32), jnp.array([0, 0])
     >>> # each query: its twin (s = 1) and the stored negative (s = 0).
     >>> loss = memory_loss(losses.multi_similarity, x, y, memory)
     >>> print(f"{loss:.4f}")

@@ -198,6 +198,9 @@ class Dataset:
       if len(images[f"x_{split}"]) != len(y[f"y_{split}"]):
         raise ValueError(f"{source}: x_{split} holds {len(images[f'x_{split}'])} images but "
                          f"y_{split} {len(y[f'y_{split}'])} labels.")
+    for key, value in images.items():
+      if len(value) == 0:
+        raise ValueError(f"{source}: {key} holds no images.")
     if images["x_train"].shape[1:] != images["x_test"].shape[1:]:
       raise ValueError(f"{source}: x_train images are {images['x_train'].shape[1:]} but x_test "
                        f"images {images['x_test'].shape[1:]}.")
@@ -360,6 +363,8 @@ def load_idx_folder(
           f"found {images.dtype} {images.shape}.")
     if images.ndim == 3:
       images = images[..., None]
+    if len(images) == 0:
+      raise CorruptDataError(f"{images_path}: the {split_name} split holds no images.")
     if image_shape is not None and images.shape[1:] != tuple(image_shape):
       raise CorruptDataError(
           f"{images_path}: expected images of shape {tuple(image_shape)}, "

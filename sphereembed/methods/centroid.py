@@ -849,8 +849,10 @@ def _run(run: engine.Run) -> dict[str, Any]:
   if config.figures and run.primary:
     title = (f"{config.loss}, {config.embedding_dim}-D, {config.dataset}: nearest-centroid "
              f"test accuracy {100 * result['test_accuracy']:.2f}%")
+    names = data.dataset.class_names
     paths = [plotting.plot_embeddings(embeddings, test.labels, centroids,
-                                      run.path("embeddings.png"), title=title)]
+                                      run.path("embeddings.png"), title=title,
+                                      class_names=list(names) if names else None)]
     if "kappa" in test_outputs and config.embedding_dim in (2, 3):
       plotting.plot_embeddings_by_confidence(
           embeddings, test_outputs["kappa"], labels=test.labels,

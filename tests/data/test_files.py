@@ -125,6 +125,7 @@ def test_npz_string_labels(tmp_path):
     ("absent_class", "have no training images"),
     ("nan_pixels", "NaN or infinite"),
     ("not_a_zip", "not a readable .npz"),
+    ("empty_test", "x_test holds no images"),
 ])
 def test_npz_errors_name_the_file(tmp_path, case, match):
   path = tmp_path / "bad.npz"
@@ -146,6 +147,8 @@ def test_npz_errors_name_the_file(tmp_path, case, match):
     arrays["y_train"] = np.array([0, 2, 0, 2])
   elif case == "nan_pixels":
     arrays["x_train"] = np.full((4, 3, 3), np.nan)
+  elif case == "empty_test":
+    arrays["x_test"], arrays["y_test"] = images[:0], np.zeros(0, int)
   np.savez(path, **arrays)
   if case == "not_a_zip":
     path.write_bytes(b"garbage")

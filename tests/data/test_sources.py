@@ -295,3 +295,15 @@ def test_dataset_validation():
   other = Split(np.zeros((4, 3, 3, 1), np.uint8), np.arange(4))
   with pytest.raises(ValueError, match="train images are"):
     Dataset("toy", split, other, 4, "memory")
+
+
+def test_an_empty_idx_split_is_refused_naming_the_file(tmp_path):
+  from sphereembed.data import CorruptDataError, write_idx  # pylint: disable=import-outside-toplevel
+  from sphereembed.data.sources import load_idx_folder  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  for prefix, count in (("train", 8), ("t10k", 0)):
+    write_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte.gz"),
+              rng.integers(0, 255, (count, 4, 4), dtype=np.uint8))
+    write_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte.gz"), np.zeros(count, np.uint8))
+  with pytest.raises(CorruptDataError, match="t10k-images-idx3-ubyte.gz: the test split holds no"):
+    load_idx_folder(tmp_path, num_classes=10)
