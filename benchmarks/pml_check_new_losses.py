@@ -9,12 +9,11 @@ cross-batch memory (:mod:`sphereembed.memory`) with PML's
 Prints the max abs differences; exits with status 1 if one exceeds
 ``--tolerance``.
 
-Needs torch (CPU) and pytorch-metric-learning next to sphereembed, e.g.::
+Needs torch (CPU) and pytorch-metric-learning next to sphereembed: the
+``bench`` extra, from the repository root::
 
-  python3 -m venv /work/pmlvenv
-  /work/pmlvenv/bin/pip install torch pytorch-metric-learning numpy jax flax optax chex ml-collections
-  /work/pmlvenv/bin/pip install --no-deps -e .
-  /work/pmlvenv/bin/python benchmarks/pml_check_new_losses.py
+  python3 -m venv .venv-bench && . .venv-bench/bin/activate && pip install -e ".[bench]"
+  python benchmarks/pml_check_new_losses.py
 
 Margins: sphereembed takes ArcFace margins in radians, PML in degrees; the
 script passes the same angle to both.

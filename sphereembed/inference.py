@@ -285,7 +285,8 @@ class _Predictor:
 
   def predict_outputs(self, outputs: dict[str, np.ndarray]) -> Prediction:
     """The :class:`~sphereembed.prediction.Prediction` for outputs of :meth:`outputs`."""
-    logits, _ = confidence_scores(outputs, self.centroids)[self.calibration.score]
+    score = self.calibration.score
+    logits, _ = confidence_scores(outputs, self.centroids, only=score)[score]
     return self.calibration.predict(logits)
 
   def predict(self, images, batch_size: int = 1024) -> Prediction:

@@ -37,7 +37,8 @@ __all__ = ["Calibration", "Prediction", "SCORES", "confidence_scores", "default_
 SCORES = ("kappa", "sigma", "centroid", "softmax")
 
 
-def confidence_scores(outputs: dict[str, Any], centroids) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def confidence_scores(outputs: dict[str, Any], centroids,
+                      only: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Per score name: ``(logits (N, K), uncertainty (N,))``, larger uncertainty = less sure.
 
   Memory is ``O(N K + K D)``: no ``(N, K, D)`` array, so it serves 100,000
@@ -47,16 +48,21 @@ def confidence_scores(outputs: dict[str, Any], centroids) -> dict[str, tuple[np.
     outputs: the model's outputs on a set of images (NumPy arrays):
       ``"embedding"`` and optionally ``"kappa"``, ``"log_sigma"``, ``"logits"``.
     centroids: ``(K, D)`` unit class centroids.
+    only: compute this score alone (one of :data:`SCORES`); ``None``: every
+      score the outputs allow.
   """
+  wanted = lambda name: only is None or only == name
   embeddings = np.asarray(outputs["embedding"], np.float64)
   centroids = np.asarray(centroids, np.float64)
-  cosine = embeddings @ centroids.T
-  scores = {"centroid": (cosine, -cosine.max(axis=1))}
-  if "kappa" in outputs:
+  scores = {}
+  if wanted("centroid"):
+    cosine = embeddings @ centroids.T
+    scores["centroid"] = (cosine, -cosine.max(axis=1))
+  if "kappa" in outputs and wanted("kappa"):
     kappa = np.asarray(outputs["kappa"], np.float64)
     logits = np.asarray(confidence_lib.vmf_class_log_posterior(embeddings, centroids, kappa))
     scores["kappa"] = (logits, -kappa)
-  if "log_sigma" in outputs:
+  if "log_sigma" in outputs and wanted("sigma"):
     log_sigma = np.asarray(outputs["log_sigma"], np.float64)
     # Per-axis precisions p (an isotropic sigma broadcast over the axes):
     # sum_d p_d (x_d - c_d)^2 = sum_d p_d x_d^2 - 2 (p x) . c + p . c^2, as matmuls.
@@ -68,7 +74,7 @@ def confidence_scores(outputs: dict[str, Any], centroids) -> dict[str, tuple[np.
     if log_sigma.ndim == 2:
       log_sigma = log_sigma.mean(axis=1)
     scores["sigma"] = (logits, log_sigma)
-  if "logits" in outputs:
+  if "logits" in outputs and wanted("softmax"):
     logits = np.asarray(outputs["logits"], np.float64)
     probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
     scores["softmax"] = (logits, -probabilities.max(axis=1))

@@ -20,11 +20,9 @@ hyper-parameters).
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sphereembed import geometry
 from sphereembed.losses import _common, checks, masks
@@ -45,13 +43,12 @@ __all__ = [
 def check_hyperparameter(value, name: str, dtype, *, minimum: float | None = None,
                          exclusive: bool = False, maximum: float | None = None,
                          exclusive_maximum: bool = False) -> jax.Array:
-  """A real scalar hyper-parameter cast to ``dtype``; value checks when concrete.
+  """A real scalar hyper-parameter cast to ``dtype``, checked whenever its value is known.
 
   Static checks (always): a real scalar (complex, bool, arrays raise). Value
-  checks (only for concrete values, so a traced hyper-parameter is allowed
-  under ``jit``): finite (after the cast: ``1e40`` in float32 is ``inf``),
-  ``>= minimum`` (``> minimum`` with ``exclusive``) and ``<= maximum``
-  (``< maximum`` with ``exclusive_maximum``).
+  checks (:func:`sphereembed.losses.checks.validate_scalar`, after the cast:
+  ``1e40`` in float32 is ``inf``): finite, ``>= minimum`` (``> minimum`` with
+  ``exclusive``) and ``<= maximum`` (``< maximum`` with ``exclusive_maximum``).
 
   Raises:
     ValueError: when a check fails.
@@ -60,16 +57,8 @@ def check_hyperparameter(value, name: str, dtype, *, minimum: float | None = Non
   if raw.dtype == jnp.bool_:
     raise ValueError(f"{name} must be a real number, got a bool.")
   value = checks.check_scalar(value, name, dtype)
-  if checks.is_concrete(value):
-    v = float(np.asarray(value))
-    if not math.isfinite(v):
-      raise ValueError(f"{name} must be finite, got {v}.")
-    if minimum is not None and (v <= minimum if exclusive else v < minimum):
-      relation = ">" if exclusive else ">="
-      raise ValueError(f"{name} must be {relation} {minimum}, got {v}.")
-    if maximum is not None and (v >= maximum if exclusive_maximum else v > maximum):
-      relation = "<" if exclusive_maximum else "<="
-      raise ValueError(f"{name} must be {relation} {maximum}, got {v}.")
+  checks.validate_scalar(value, name, minimum=minimum, maximum=maximum, strict=exclusive,
+                         strict_maximum=exclusive_maximum)
   return value
 
 
@@ -181,10 +170,6 @@ def _cosine_similarities(embeddings, references):
   return jnp.matmul(x, r.T, precision=jax.lax.Precision.HIGHEST)
 
 
-def _anchor_mean(per_anchor, mask, weights):
-  return _common.weighted_mean(per_anchor, mask, weights)
-
-
 # ----------------------------------------------------------------------------
 # Multi-similarity.
 
@@ -294,7 +279,7 @@ def multi_similarity(
   positive_term = masked_logsumexp(alpha * (base - similarity), positives, 1, add_one=True) / alpha
   negative_term = masked_logsumexp(beta * (similarity - base), negatives, 1, add_one=True) / beta
   per_anchor = positive_term + negative_term
-  return _anchor_mean(per_anchor, jnp.ones(per_anchor.shape, bool), weights)
+  return _common.weighted_mean(per_anchor, jnp.ones(per_anchor.shape, bool), weights)
 
 
 # ----------------------------------------------------------------------------
@@ -380,7 +365,7 @@ def circle(
        + masked_logsumexp(negative_logits, negatives, 1))
   per_anchor = jnp.where(valid, jax.nn.softplus(jnp.where(valid, x, 0)), 0)
   active = jax.lax.stop_gradient(per_anchor) > 0
-  return _anchor_mean(per_anchor, active, weights)
+  return _common.weighted_mean(per_anchor, active, weights)
 
 
 # ----------------------------------------------------------------------------
@@ -462,4 +447,4 @@ def lifted_structure(
   positives, negatives = pair_masks_with_references(labels, reference_labels, reference_mask)
   per_anchor = jax.nn.relu(masked_logsumexp(distances - pos_margin, positives, 1)
                            + masked_logsumexp(neg_margin - distances, negatives, 1))
-  return _anchor_mean(per_anchor, jnp.ones(per_anchor.shape, bool), weights)
+  return _common.weighted_mean(per_anchor, jnp.ones(per_anchor.shape, bool), weights)

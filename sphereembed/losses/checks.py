@@ -154,14 +154,16 @@ def check_scalar(value, name: str, dtype) -> jax.Array:
 
 def validate_scalar(value, name: str, *, minimum: float | None = None,
                     maximum: float | None = None, strict: bool = False,
-                    allow_inf: bool = False) -> None:
+                    allow_inf: bool = False, strict_maximum: bool | None = None) -> None:
   """Raises ``ValueError`` for a hyper-parameter that is not a real number in range.
 
   Runs whenever the value is known (:func:`concrete_value`): for Python
   numbers always, also under ``jit``. Refuses complex values, NaN, infinities
   (unless ``allow_inf``) and values below ``minimum`` / above ``maximum``
-  (``strict``: the bounds themselves are refused too).
+  (``strict``: the bounds themselves are refused too; ``strict_maximum``, when
+  given, decides it for ``maximum`` alone).
   """
+  strict_maximum = strict if strict_maximum is None else strict_maximum
   host = concrete_value(value)
   if host is None:
     return
@@ -179,8 +181,8 @@ def validate_scalar(value, name: str, *, minimum: float | None = None,
     relation = ">" if strict else ">="
     word = ("positive " if strict else "non-negative ") if minimum == 0 else ""
     raise ValueError(f"{name} must be {word}({relation} {minimum}), got {shown}.")
-  if maximum is not None and np.any(values >= maximum if strict else values > maximum):
-    relation = "<" if strict else "<="
+  if maximum is not None and np.any(values >= maximum if strict_maximum else values > maximum):
+    relation = "<" if strict_maximum else "<="
     raise ValueError(f"{name} must be {relation} {maximum}, got {shown}.")
 
 

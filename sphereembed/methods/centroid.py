@@ -743,7 +743,7 @@ def _model_artifact(config, model, state, data: Data, centroids, test_outputs,
   """
   score = prediction_lib.default_score(test_outputs)
   if validation_outputs is not None:
-    logits, _ = prediction_lib.confidence_scores(validation_outputs, centroids)[score]
+    logits, _ = prediction_lib.confidence_scores(validation_outputs, centroids, only=score)[score]
     calibration = prediction_lib.Calibration.fit(
         logits, data.validation.labels, score=score, target=config.abstain_target,
         level=config.abstain_level)
@@ -754,7 +754,8 @@ def _model_artifact(config, model, state, data: Data, centroids, test_outputs,
                                              level=config.abstain_level)
 
   def predict(outputs):
-    return calibration.predict(prediction_lib.confidence_scores(outputs, centroids)[score][0])
+    return calibration.predict(
+        prediction_lib.confidence_scores(outputs, centroids, only=score)[score][0])
 
   test = predict(test_outputs)
   correct = test.label == data.test.labels
