@@ -32,7 +32,8 @@ uniformly from ``{min_size, ..., max_size}`` (default 10 to 20 pixels of the
 28) and its position uniformly among the positions that keep it inside that
 digit's 28 x 28 block. One digit hidden in part and the others intact is the
 ambiguity of the paper's figure 1 (a "17" whose first digit could be a 1 or
-a 4).
+a 4). :func:`corrupt_train` occludes a share of the training images by the
+same recipe (its own stream), for training on clean and occluded images.
 
 Determinism: everything depends only on ``(seed, N)`` and the arguments;
 each part has its own stream, ``np.random.default_rng([seed, N, stream])``,
@@ -78,6 +79,7 @@ __all__ = [
     "class_split",
     "compose",
     "corrupt",
+    "corrupt_train",
     "load_ndigit_mnist",
     "occlude",
     "occlusion_boxes",
@@ -87,7 +89,8 @@ __all__ = [
 FORMAT_VERSION = 1
 
 # Independent random streams, mixed with (seed, N).
-_CLASS_SPLIT, _TRAIN, _TEST_SEEN, _TEST_UNSEEN, _CORRUPT_SEEN, _CORRUPT_UNSEEN = range(6)
+_CLASS_SPLIT, _TRAIN, _TEST_SEEN, _TEST_UNSEEN, _CORRUPT_SEEN, _CORRUPT_UNSEEN, _CORRUPT_TRAIN = (
+    range(7))
 
 _TEST_NAMES = ("seen", "unseen", "seen_corrupted", "unseen_corrupted")
 
@@ -432,6 +435,48 @@ def corrupt(split: NDigitSplit, rng: np.random.Generator, **occlusion) -> NDigit
   """
   boxes = occlusion_boxes(len(split), split.images.shape[1:3], split.num_digits, rng, **occlusion)
   return dataclasses.replace(split, images=occlude(split.images, boxes))
+
+
+def corrupt_train(data: NDigitMnist, fraction: float, **occlusion) -> NDigitSplit:
+  """``data.train`` with a fixed random ``fraction`` of its images occluded (:func:`corrupt`).
+
+  Training on occluded images as well as clean ones is what lets a
+  stochastic embedding learn that occlusion means ambiguity; the clean
+  training set alone never shows it an ambiguous image. Each image is
+  occluded with probability ``fraction``, once (the same images every epoch),
+  by the recipe of the test sets, from its own stream of ``(seed, N)``: the
+  clean training set, the test sets and their occlusions do not change with
+  ``fraction``.
+
+  Args:
+    data: the N-digit MNIST sets.
+    fraction: the chance that a training image is occluded, in ``[0, 1]``.
+    **occlusion: ``min_size``, ``max_size`` of :func:`occlusion_boxes`.
+
+  Returns:
+    The training :class:`NDigitSplit` (``data.train`` itself for ``fraction = 0``).
+
+  Raises:
+    ValueError: ``fraction`` outside ``[0, 1]`` or bad occlusion sizes.
+
+  Example:
+    >>> import numpy as np
+    >>> from sphereembed.data import Dataset, Split
+    >>> from sphereembed.data.ndigit import build_ndigit_mnist, corrupt_train
+    >>> split = Split(np.full((50, 28, 28, 1), 255, np.uint8), np.arange(50) % 10)
+    >>> data = build_ndigit_mnist(Dataset("fake", split, split, 10, "-"), 2, num_train=1000,
+    ...                           num_test=300)
+    >>> train = corrupt_train(data, 0.5)
+    >>> occluded = (train.images == 0).any(axis=(1, 2, 3))
+    >>> print(train.images.shape, 0.45 < occluded.mean() < 0.55)
+    (1000, 28, 56, 1) True
+  """
+  if not 0.0 <= float(fraction) <= 1.0:
+    raise ValueError(f"fraction must lie in [0, 1], got {fraction}.")
+  if float(fraction) == 0.0:
+    return data.train
+  rng = np.random.default_rng([data.seed, data.num_digits, _CORRUPT_TRAIN])
+  return corrupt(data.train, rng, probability=float(fraction), **occlusion)
 
 
 def build_ndigit_mnist(

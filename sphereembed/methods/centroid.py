@@ -2,12 +2,17 @@
 
 ``config.method = "centroid"``. One train step minimises the loss of
 ``config.loss`` (:data:`LOSSES`: NCL, the triplet losses, contrastive,
-NT-Xent, the siamese cosine loss, softmax), optionally plus a confidence
+NT-Xent, the siamese cosine loss, softmax, the proxy losses
+(:data:`PROXY_LOSSES`: ArcFace, CosFace, normalised softmax, Proxy-Anchor,
+Proxy-NCA, with learned proxies in the model's head) and the pair-weighting
+losses (multi-similarity, circle, lifted structure), the pair losses
+optionally against a cross-batch memory, ``config.memory_size``), optionally plus a confidence
 negative log-likelihood (a vMF ``kappa`` or Gaussian ``sigma`` head, around
 the current centroids) and a classifier cross-entropy, and moves the class
 centroids by an EMA of the batch's class means: explicit state in the train
 state's extras (``state.extras["centroids"]``), so every loss is evaluated by
-nearest centroid.
+nearest centroid; the proxy losses by their nearest proxy (the EMA
+centroids' accuracy is reported beside it).
 
 Data -> sampler -> augmentation (random shift; CIFAR's crop and flip, drawn
 from ``(seed, step)``) -> the engine's phase ``"train"``
@@ -36,6 +41,7 @@ from sphereembed import centroids as centroids_lib
 from sphereembed import data as data_lib
 from sphereembed import geometry, losses
 from sphereembed import inference
+from sphereembed import memory as memory_lib
 from sphereembed import plotting
 from sphereembed import prediction as prediction_lib
 from sphereembed.data import augment
@@ -55,6 +61,8 @@ __all__ = [
     "CONFIDENCE_LOSSES",
     "LOSSES",
     "LossSpec",
+    "MEMORY_LOSSES",
+    "PROXY_LOSSES",
     "cifar_config",
     "create_train_state",
     "embed_dataset",
@@ -62,13 +70,43 @@ __all__ = [
     "loss_spec",
     "nearest_centroid",
     "prepare_data",
+    "prototypes",
     "train_batches",
     "train_step",
 ]
 
+# The losses with learned class proxies (params["head"]["proxies"], one per class).
+_PROXY_LOSSES: dict[str, Callable] = {
+    "arcface": losses.arcface,
+    "cosface": losses.cosface,
+    "normalized_softmax": losses.normalized_softmax,
+    "proxy_anchor": losses.proxy_anchor,
+    "proxy_nca": losses.proxy_nca,
+}
+# The pair-weighting losses (all pairs of the batch, or the batch against a memory).
+_PAIR_WEIGHTING_LOSSES: dict[str, Callable] = {
+    "multi_similarity": losses.multi_similarity,
+    "circle": losses.circle,
+    "lifted_structure": losses.lifted_structure,
+}
+
 LOSSES: tuple[str, ...] = (
     "ncl", "triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all", "contrastive",
-    "ntxent", "siamese_cosine", "softmax")
+    "ntxent", "siamese_cosine", "softmax", *_PROXY_LOSSES, *_PAIR_WEIGHTING_LOSSES)
+
+#: The losses with learned class proxies in the model's head.
+PROXY_LOSSES: tuple[str, ...] = tuple(_PROXY_LOSSES)
+#: The losses that can score the batch against a cross-batch memory (``config.memory_size``).
+MEMORY_LOSSES: tuple[str, ...] = ("contrastive", *_PAIR_WEIGHTING_LOSSES)
+# The keyword arguments of config.loss_options: each loss's hyper-parameters (their
+# defaults are the loss's own, pytorch-metric-learning's).
+_LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "arcface": ("margin", "scale"), "cosface": ("margin", "scale"),
+    "normalized_softmax": ("temperature",), "proxy_anchor": ("margin", "alpha"),
+    "proxy_nca": ("softmax_scale",), "multi_similarity": ("alpha", "beta", "base", "mine",
+                                                          "epsilon"),
+    "circle": ("margin", "gamma"), "lifted_structure": ("pos_margin", "neg_margin"),
+}
 
 CONFIDENCE_LOSSES: tuple[str, ...] = ("", "vmf", "gaussian")
 
@@ -151,6 +189,14 @@ def _fields() -> ml_collections.ConfigDict:
   config.negative_weight = 0.7
   config.negative_gate = 0.0
   config.classifier_weight = 0.0
+  # The proxy and pair-weighting losses' hyper-parameters, by their keyword names
+  # (e.g. {"margin": 0.5, "scale": 64.0} for arcface; absent ones take the loss's
+  # default, pytorch-metric-learning's). Config files list them, so that
+  # --config.loss_options.margin=0.3 can change one.
+  config.loss_options = ml_collections.ConfigDict()
+  # Cross-batch memory (XBM): > 0 scores each batch against the last memory_size
+  # training embeddings too (contrastive and the pair-weighting losses).
+  config.memory_size = 0
   # Per-sample confidence: "" (none), "vmf" (a kappa head trained by the vMF
   # NLL around the class centroid), "gaussian" (an isotropic sigma head,
   # Gaussian NLL) or "gaussian_diagonal" (one sigma per axis).
@@ -197,7 +243,7 @@ _POSITIVE = ("kernel_size", "batch_size", "classes_per_batch", "samples_per_clas
 _NON_NEGATIVE = ("max_train_examples", "max_test_examples", "validation_examples", "margin",
                  "negative_weight", "negative_gate", "classifier_weight", "confidence_weight",
                  "centroid_warmup_steps", "random_shift", "eval_every_steps", "dropout_rate",
-                 "image_size")
+                 "image_size", "memory_size")
 
 
 def _validate(merged) -> None:
@@ -229,6 +275,28 @@ def _validate(merged) -> None:
   if merged.augment == "crop_flip" and merged.random_shift:
     raise ValueError("config.augment = 'crop_flip' already translates the images (by up to 4 "
                      "pixels); set config.random_shift = 0.")
+  options = dict(merged.loss_options)
+  if options:
+    allowed = _LOSS_OPTIONS.get(merged.loss, ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+      raise ValueError(
+          f"config.loss_options {unknown} are not hyper-parameters of loss {merged.loss!r}; "
+          + (f"it takes {list(allowed)}." if allowed else
+             "it has none there (its hyper-parameters are config fields: margin, temperature, "
+             "...)."))
+    for key, value in options.items():
+      if isinstance(value, bool) != (key == "mine") or not isinstance(value, (int, float)):
+        raise ValueError(f"config.loss_options.{key} must be "
+                         f"{'a bool' if key == 'mine' else 'a number'}, got {value!r}.")
+  if merged.memory_size and merged.loss not in MEMORY_LOSSES:
+    raise ValueError(f"config.memory_size needs a loss with a memory form, one of "
+                     f"{MEMORY_LOSSES}; got loss {merged.loss!r}.")
+  if merged.loss in PROXY_LOSSES and merged.confidence:
+    # The confidence NLLs are fitted around the EMA centroids, not the proxies.
+    raise ValueError(f"config.confidence = {merged.confidence!r} is fitted around the class "
+                     f"centroids; the proxy loss {merged.loss!r} is evaluated by its proxies. "
+                     "Use it with ncl or a metric loss.")
   if merged.loss == "softmax" and not merged.classifier_head:
     merged.classifier_head = True  # the softmax baseline is its classifier head
   if merged.classifier_weight > 0 and not merged.classifier_head:
@@ -330,6 +398,12 @@ class LossSpec:
     confidence_weight: the weight of that negative log-likelihood.
     confidence_embedding_gradient: whether the likelihood also shapes the
       embedding (``False``: it trains the confidence head only).
+    options: the proxy and pair-weighting losses' keyword arguments, as
+      sorted ``(name, value)`` pairs (hashable: the spec is a static argument).
+    memory_size: > 0: contrastive or a pair-weighting loss scores the batch
+      against a cross-batch memory of this many past embeddings
+      (:func:`sphereembed.memory.memory_loss`, the batch included), kept in
+      ``state.extras["memory"]``.
   """
 
   name: str = "ncl"
@@ -348,6 +422,8 @@ class LossSpec:
   confidence: str = ""
   confidence_weight: float = 1.0
   confidence_embedding_gradient: bool = True
+  options: tuple[tuple[str, Any], ...] = ()
+  memory_size: int = 0
 
   def __post_init__(self):
     if self.name not in LOSSES:
@@ -367,15 +443,36 @@ class LossSpec:
           "the EMA schedule needs 0 <= alpha_base <= 1, 0 < alpha_decay <= 1, alpha_every > 0; "
           f"got {self.alpha_base}, {self.alpha_decay}, {self.alpha_every}.")
 
+    if self.memory_size and self.name not in MEMORY_LOSSES:
+      raise ValueError(f"memory_size needs one of {MEMORY_LOSSES}, got {self.name!r}.")
+
   @property
   def needs_logits(self) -> bool:
     return self.name == "softmax" or self.classifier_weight > 0
 
+  @property
+  def uses_proxies(self) -> bool:
+    return self.name in PROXY_LOSSES
 
-def _loss_terms(spec: LossSpec, outputs, labels, centroids, alpha, weights):
+
+def _loss_terms(spec: LossSpec, outputs, labels, centroids, alpha, weights, proxies=None,
+                memory=None):
   embeddings = outputs["embedding"]
+  options = dict(spec.options)
   terms = {}
-  if spec.name == "ncl":
+  if spec.name in _PROXY_LOSSES:
+    terms[spec.name] = _PROXY_LOSSES[spec.name](
+        embeddings, labels, proxies.astype(embeddings.dtype), weights=weights, **options)
+  elif memory is not None:
+    if spec.name == "contrastive":
+      options = dict(margin=spec.margin, metric=spec.metric)
+    terms[spec.name] = memory_lib.memory_loss(
+        losses.contrastive if spec.name == "contrastive" else _PAIR_WEIGHTING_LOSSES[spec.name],
+        embeddings, labels, memory, weights=weights, **options)
+  elif spec.name in _PAIR_WEIGHTING_LOSSES:
+    terms[spec.name] = _PAIR_WEIGHTING_LOSSES[spec.name](embeddings, labels, weights=weights,
+                                                         **options)
+  elif spec.name == "ncl":
     gate = spec.negative_weight * centroids_lib.negative_weight(alpha, spec.negative_gate)
     terms["ncl"] = losses.ncl(embeddings, labels, centroids.astype(embeddings.dtype),
                               metric=spec.metric, negative_weight=gate.astype(embeddings.dtype),
@@ -445,8 +542,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: LossSpec = 
       outputs = state.apply_fn(variables, batch["image"], train=True, rngs={"dropout": dropout_key})
       batch_stats = state.batch_stats
     terms = _loss_terms(spec, outputs, labels, state.extras["centroids"], alpha,
-                        batch.get("weight"))
+                        batch.get("weight"),
+                        proxies=params["head"]["proxies"] if spec.uses_proxies else None,
+                        memory=memory)
     return sum(terms.values()), (terms, outputs, batch_stats)
+
+  memory = (memory_lib.Memory(**state.extras["memory"]) if spec.memory_size else None)
 
   (loss, (terms, outputs, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
@@ -457,6 +558,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: LossSpec = 
   new_centroids = centroids_lib.update_centroids(
       centroids, jax.lax.stop_gradient(embeddings).astype(centroids.dtype), labels, alpha)
   new_state = new_state.with_extras(centroids=new_centroids).replace(rng=rng)
+  if memory is not None:
+    # The global batch enters the (replicated) memory: the same on 1 or N devices.
+    new_memory = memory_lib.memory_update(memory, jax.lax.stop_gradient(embeddings), labels)
+    new_state = new_state.with_extras(memory=new_memory._asdict())
   metrics = {"loss": loss, "alpha": alpha, "grad_norm": optax.tree.norm(grads),
              "embedding_norm": jnp.mean(jnp.linalg.norm(embeddings, axis=-1))}
   metrics.update({f"loss_{name}": value for name, value in terms.items()})
@@ -479,11 +584,14 @@ def loss_spec(config) -> LossSpec:
       classifier_weight=config.classifier_weight,
       confidence="gaussian" if config.confidence.startswith("gaussian") else config.confidence,
       confidence_weight=config.confidence_weight,
-      confidence_embedding_gradient=config.confidence_embedding_gradient)
+      confidence_embedding_gradient=config.confidence_embedding_gradient,
+      options=tuple(sorted(dict(config.loss_options).items())),
+      memory_size=config.memory_size)
 
 
 def create_train_state(model, tx: optax.GradientTransformation, key: jax.Array,
-                       sample_input: jax.Array, num_classes: int) -> TrainState:
+                       sample_input: jax.Array, num_classes: int, *,
+                       memory_size: int = 0) -> TrainState:
   """Initialises parameters, optimiser state and centroids from one PRNG key.
 
   Args:
@@ -492,10 +600,13 @@ def create_train_state(model, tx: optax.GradientTransformation, key: jax.Array,
     key: a raw PRNG key (``jax.random.PRNGKey``).
     sample_input: a batch with the input's shape and dtype (values unused).
     num_classes: the number of class centroids.
+    memory_size: > 0 adds an empty cross-batch memory of this many slots,
+      ``extras["memory"]`` (the fields of a :class:`sphereembed.memory.Memory`
+      as a dict, which checkpoints restore as they saved it).
 
   Returns:
     A :class:`~sphereembed.training.state.TrainState` at step 0 with
-    ``extras = {"centroids": (K, D)}``.
+    ``extras = {"centroids": (K, D)}`` (and ``"memory"``).
   """
   params_key, centroid_key, state_key = jax.random.split(key, 3)
   variables = model.init({"params": params_key}, sample_input, train=False)
@@ -504,15 +615,29 @@ def create_train_state(model, tx: optax.GradientTransformation, key: jax.Array,
     raise ValueError(f"models with mutable collections {sorted(unknown)} need a train state "
                      "that carries them; this one carries params and batch_stats.")
   dim = jax.eval_shape(lambda v: model.apply(v, sample_input), variables)["embedding"].shape[-1]
+  extras = {"centroids": centroids_lib.init_centroids(centroid_key, num_classes, dim,
+                                                      jnp.float32)}
+  if memory_size:
+    extras["memory"] = memory_lib.memory_init(memory_size, dim, jnp.float32)._asdict()
   return init_train_state(
       model.apply, variables["params"], tx, state_key,
-      batch_stats=variables.get("batch_stats", {}),
-      extras={"centroids": centroids_lib.init_centroids(centroid_key, num_classes, dim,
-                                                        jnp.float32)})
+      batch_stats=variables.get("batch_stats", {}), extras=extras)
 
 
 # The engine's eval-mode pass: ``"embedding"``, maybe ``"logits"``, ``"kappa"``, ``"log_sigma"``.
 embed_dataset = engine.embed
+
+
+def prototypes(state: TrainState) -> np.ndarray:
+  """The class prototypes a model is evaluated by: its unit proxies, else the EMA centroids.
+
+  Returns:
+    ``(K, D)`` NumPy array on the host.
+  """
+  head = state.params.get("head", {})
+  if "proxies" in head:
+    return np.asarray(geometry.l2_normalize(jnp.asarray(sharding.to_host(head["proxies"]))))
+  return sharding.to_host(state.extras["centroids"])
 
 
 def nearest_centroid(embeddings, centroids, metric: geometry.Metric = "great_circle"):
@@ -677,7 +802,7 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
   """Nearest-centroid accuracy of the test set, and optionally against train class means.
 
   Args:
-    state: the train state (its EMA centroids are the class prototypes).
+    state: the train state (its class prototypes: :func:`prototypes`).
     test: the evaluation split.
     metric: the distance used for the nearest centroid.
     batch_size: images per forward pass.
@@ -695,7 +820,7 @@ def evaluate(state: TrainState, test: data_lib.Split, *, metric: str = "great_ci
   """
   outputs = embed_dataset(state, test.images, batch_size, mesh)
   embeddings = outputs["embedding"]
-  centroids = sharding.to_host(state.extras["centroids"])
+  centroids = prototypes(state)
   predictions = np.asarray(nearest_centroid(embeddings, centroids, metric))
   num_classes = centroids.shape[0]
   correct = predictions == test.labels
@@ -799,9 +924,11 @@ def _run(run: engine.Run) -> dict[str, Any]:
   num_train_steps = config.num_epochs * sampler.num_batches
   weights = (data_lib.class_weights(train.labels, num_classes)[train.labels]
              if config.class_weighting else None)
-  model = builders.make_model(config, num_classes, train.images)
+  model = builders.make_model(config, num_classes, train.images,
+                              num_proxies=num_classes if config.loss in PROXY_LOSSES else None)
   state = create_train_state(model, builders.make_optimizer(config, num_train_steps),
-                             jax.random.PRNGKey(config.seed), train.images[:1], num_classes)
+                             jax.random.PRNGKey(config.seed), train.images[:1], num_classes,
+                             memory_size=config.memory_size)
 
   def evaluate_scalars(state):
     result = evaluate(state, test, metric=config.metric, batch_size=config.eval_batch_size,
@@ -821,7 +948,11 @@ def _run(run: engine.Run) -> dict[str, Any]:
   embeddings = result.pop("embeddings")
   result.pop("predictions")
   test_outputs = result.pop("outputs")
-  centroids = sharding.to_host(state.extras["centroids"])
+  centroids = prototypes(state)
+  if config.loss in PROXY_LOSSES:
+    # The EMA class centroids every loss keeps, beside the proxies the model is evaluated by.
+    result["test_accuracy_centroids"] = float(np.mean(np.asarray(nearest_centroid(
+        embeddings, sharding.to_host(state.extras["centroids"]), config.metric)) == test.labels))
   embed = lambda split: (embed_dataset(state, split.images, config.eval_batch_size, mesh)
                          if split is not None else None)
   validation_outputs, ood_outputs = embed(data.validation), embed(data.ood)

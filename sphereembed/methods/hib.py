@@ -70,6 +70,9 @@ def _fields() -> ml_collections.ConfigDict:
   config.data_seed = 0  # the class split and the images: the same for every training seed
   config.num_train = 100_000
   config.num_test = 10_000
+  # The share of training images occluded as the corrupted test images are
+  # (sphereembed.data.ndigit.corrupt_train; fixed per image): 0 trains on clean images only.
+  config.train_corruption = 0.0
 
   # Model: C = num_components (0 = point embedding), D = embedding_dim.
   config.num_components = 1
@@ -125,6 +128,9 @@ _NON_NEGATIVE = ("data_seed", "num_components", "hidden", "beta", "eval_seed")
 def _validate(merged) -> None:
   if not 1 <= merged.num_digits <= 6:
     raise ValueError(f"config.num_digits must lie in [1, 6], got {merged.num_digits}.")
+  if not 0 <= merged.train_corruption <= 1:
+    raise ValueError(f"config.train_corruption must lie in [0, 1], got "
+                     f"{merged.train_corruption}.")
   if not 0 <= merged.positive_fraction <= 1:
     raise ValueError(f"config.positive_fraction must lie in [0, 1], got "
                      f"{merged.positive_fraction}.")
@@ -285,7 +291,7 @@ def _run(run: engine.Run) -> dict[str, Any]:
       config.num_digits, seed=config.data_seed, num_train=config.num_train,
       num_test=config.num_test, data_dir=config.data_dir or None,
       cache_dir=config.cache_dir or None)
-  train = data.train
+  train = ndigit.corrupt_train(data, config.train_corruption)
   sampler = builders.make_sampler(config, train.labels)
   batch_size, batch_source = builders.global_batch_size(config, sampler, len(train))
   state = create_hib_state(make_model(config),

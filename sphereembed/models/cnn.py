@@ -31,6 +31,13 @@ class EmbeddingHead(nn.Module):
   ``log_sigma_min`` the same smooth way (a zero residual would otherwise send
   it to -inf).
 
+  With ``num_proxies`` set, the head also owns ``num_proxies`` learned class
+  proxies (parameter ``"proxies"``, ``(num_proxies, embedding_dim)``) for the
+  proxy losses (:func:`sphereembed.losses.arcface`, ``proxy_anchor``, ...):
+  trained with the network and read from the parameters
+  (``params["head"]["proxies"]``, unnormalised: the losses normalise them),
+  not returned per image.
+
   With ``confidence_feature_gradient=False`` the confidence head reads the
   features through ``stop_gradient``: its loss trains the head only, not the
   shared trunk. A vMF NLL in high dimension has gradients far larger than the
@@ -44,6 +51,7 @@ class EmbeddingHead(nn.Module):
     kappa_max: the upper bound of ``kappa``.
     log_sigma_min: the lower bound of ``log_sigma``.
     confidence_feature_gradient: whether the confidence loss trains the trunk.
+    num_proxies: the number of learned class proxies (``None``: none).
   """
 
   embedding_dim: int
@@ -52,6 +60,7 @@ class EmbeddingHead(nn.Module):
   kappa_max: float = 1000.0
   log_sigma_min: float = -7.0
   confidence_feature_gradient: bool = True
+  num_proxies: int | None = None
 
   @nn.compact
   def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
@@ -78,6 +87,12 @@ class EmbeddingHead(nn.Module):
       log_scale = self.param("log_scale", nn.initializers.constant(jnp.log(10.0)), (), jnp.float32)
       cosine = embedding @ geometry.l2_normalize(weights).T
       outputs["logits"] = jnp.exp(log_scale) * cosine
+    if self.num_proxies is not None:
+      # Unit expected norm: the losses use directions only, and a small norm
+      # lets the optimiser's fixed-size steps turn them as fast as the network.
+      self.param(
+          "proxies", nn.initializers.normal(1.0 / self.embedding_dim ** 0.5),
+          (self.num_proxies, self.embedding_dim), embedding.dtype)
     return outputs
 
 
@@ -173,6 +188,7 @@ class SmallCNN(nn.Module):
     kappa_max: the upper bound of a ``"kappa"`` confidence.
     confidence_feature_gradient: whether the confidence loss trains the trunk
       (see :class:`EmbeddingHead`).
+    num_proxies: learned class proxies in the head (see :class:`EmbeddingHead`).
     polyphase_gradient: the strided convolutions' input gradient in the
       polyphase form on CPU (:mod:`sphereembed.models.conv`: the same values,
       and 1.2-1.3x the train step's images/s on one CPU device, 1.07-1.14x on
@@ -195,6 +211,7 @@ class SmallCNN(nn.Module):
   kappa_max: float = 1000.0
   confidence_feature_gradient: bool = True
   polyphase_gradient: bool = False
+  num_proxies: int | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -205,4 +222,4 @@ class SmallCNN(nn.Module):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return EmbeddingHead(self.embedding_dim, self.num_classes, self.confidence, self.kappa_max,
                          confidence_feature_gradient=self.confidence_feature_gradient,
-                         name="head")(x)
+                         num_proxies=self.num_proxies, name="head")(x)

@@ -126,6 +126,8 @@ class CifarResNet(nn.Module):
       (:data:`CIFAR10_STD`, :data:`CIFAR100_STD`).
     dtype: the backbone's computation dtype, e.g. ``jnp.bfloat16``; the
       parameters, the pooling and the head stay float32.
+    num_proxies: learned class proxies in the head (see
+      :class:`~sphereembed.models.cnn.EmbeddingHead`).
 
   Example:
     >>> import functools
@@ -154,6 +156,7 @@ class CifarResNet(nn.Module):
   mean: Sequence[float] = CIFAR10_MEAN
   std: Sequence[float] = CIFAR10_STD
   dtype: Any = jnp.float32
+  num_proxies: int | None = None
 
   @property
   def stage_widths(self) -> tuple[int, ...]:
@@ -194,7 +197,7 @@ class CifarResNet(nn.Module):
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return EmbeddingHead(self.embedding_dim, self.num_classes, self.confidence, self.kappa_max,
                          confidence_feature_gradient=self.confidence_feature_gradient,
-                         name="head")(x)
+                         num_proxies=self.num_proxies, name="head")(x)
 
 
 #: ResNet-18 for 32x32 images: ``ResNet18(embedding_dim, ...)``.

@@ -43,7 +43,8 @@ def _normalization(dataset: str, images: np.ndarray) -> tuple[tuple[float, ...],
   return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def make_model(config, num_classes: int | None = None, train_images=None, **overrides):
+def make_model(config, num_classes: int | None = None, train_images=None, *,
+               num_proxies: int | None = None, **overrides):
   """The config's backbone with its unit-norm embedding head.
 
   Args:
@@ -53,6 +54,8 @@ def make_model(config, num_classes: int | None = None, train_images=None, **over
       ``config.classifier_head`` is set.
     train_images: the training images; a ResNet on data other than CIFAR
       normalises its input by their per-channel statistics.
+    num_proxies: learned class proxies in the head, for the proxy losses
+      (``None``: none).
     **overrides: head or trunk attributes that replace the config's
       (``confidence``, ``dropout_rate``, ...).
 
@@ -64,7 +67,8 @@ def make_model(config, num_classes: int | None = None, train_images=None, **over
   head = dict(num_classes=num_classes if get("classifier_head", False) else None,
               confidence=CONFIDENCE_HEADS[get("confidence", "")],
               kappa_max=get("kappa_max", 1000.0),
-              confidence_feature_gradient=get("confidence_feature_gradient", True))
+              confidence_feature_gradient=get("confidence_feature_gradient", True),
+              num_proxies=num_proxies)
   head.update({k: v for k, v in overrides.items() if k in head})
   trunk = {k: v for k, v in overrides.items() if k not in head}
   name = get("model", "small_cnn")

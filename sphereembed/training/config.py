@@ -88,7 +88,9 @@ def check_fields(config, default_fn, *, choices, positive=(), non_negative=()):
     if isinstance(default, bool) != isinstance(value, bool) or (
         isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
         isinstance(default, str) and not isinstance(value, str)) or (
-        isinstance(default, tuple) and not isinstance(value, (tuple, list))):
+        isinstance(default, tuple) and not isinstance(value, (tuple, list))) or (
+        isinstance(default, dict | ml_collections.ConfigDict)
+        and not isinstance(value, dict | ml_collections.ConfigDict)):
       raise ValueError(f"config.{key} must be of type {type(default).__name__} like its "
                        f"default {default!r}, got {value!r}.")
     if isinstance(default, int) and not isinstance(default, bool):

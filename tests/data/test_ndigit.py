@@ -209,6 +209,30 @@ def test_occlusion_boxes_and_occlude():
     ndigit.occlusion_boxes(1, (28, 57), 2, rng)
 
 
+def test_corrupt_train_occludes_a_fixed_share_of_the_training_images(data):
+  assert ndigit.corrupt_train(data, 0.0) is data.train
+  train = ndigit.corrupt_train(data, 0.3)
+  np.testing.assert_array_equal(train.labels, data.train.labels)
+  np.testing.assert_array_equal(train.source_indices, data.train.source_indices)
+  changed = data.train.images[..., 0] != train.images[..., 0]
+  assert np.all(train.images[..., 0][changed] == 0)  # black boxes only
+  occluded = changed.any(axis=(1, 2))
+  # The random pixels are almost never 0 where a box lands: occluded images show it.
+  assert 0.25 < occluded.mean() < 0.35
+  for n in np.flatnonzero(occluded)[:50]:
+    cols = np.flatnonzero(changed[n].any(axis=0))
+    assert cols[-1] - cols[0] < 20 and cols[0] // 28 == cols[-1] // 28  # one box in one digit
+  # Fixed: the same images and boxes every call; the other sets untouched.
+  np.testing.assert_array_equal(ndigit.corrupt_train(data, 0.3).images, train.images)
+  np.testing.assert_array_equal(_build().test_seen_corrupted.images,
+                                data.test_seen_corrupted.images)
+  everything = ndigit.corrupt_train(data, 1.0)
+  assert (everything.images[..., 0] != data.train.images[..., 0]).any(axis=(1, 2)).mean() > 0.99
+  for bad in (-0.1, 1.5):
+    with pytest.raises(ValueError, match="fraction"):
+      ndigit.corrupt_train(data, bad)
+
+
 # ----------------------------------------------------------------------------- datasets and cache
 
 

@@ -90,6 +90,34 @@ def ncl_run(mesh=None) -> dict[str, np.ndarray]:
   return out
 
 
+def memory_run(mesh=None) -> dict[str, np.ndarray]:
+  """A pair loss with a cross-batch memory: multi-similarity against 24 slots.
+
+  The memory (24 slots, 16 images a step) wraps around within the run, and
+  the head carries learned proxies (unused by this loss, but in the params).
+  """
+  model = SmallCNN(8, features=(4, 8), kernel_size=3, hidden=16, num_proxies=NUM_CLASSES)
+  tx = optax.adam(1e-2)
+  init = jax.jit(create_train_state, static_argnums=(0, 1, 4), static_argnames="memory_size")
+  with jax.threefry_partitionable(False):
+    state = init(model, tx, jax.random.PRNGKey(2), jnp.zeros((1, *IMAGE_SHAPE), jnp.uint8),
+                 NUM_CLASSES, memory_size=24)
+  spec = LossSpec(name="multi_similarity", memory_size=24)
+  if mesh is not None:
+    state = sharding.replicate(state, mesh)
+  loss_values = []
+  for step in range(STEPS):
+    batch = pk_batch(200 + step)
+    if mesh is not None:
+      batch = sharding.shard_batch(batch, mesh)
+    state, metrics = train_step(state, batch, spec)
+    loss_values.append(np.asarray(metrics["loss"]))
+  out = {"loss": np.stack(loss_values)}
+  out.update(_flatten("params", state.params))
+  out.update(_flatten("memory", state.extras["memory"]))
+  return out
+
+
 def resnet_run(mesh=None) -> dict[str, np.ndarray]:
   """A tiny CIFAR ResNet trained by ``train_step``, which threads ``batch_stats``."""
   model = CifarResNet(8, stage_sizes=(1,), width=1 / 16)
@@ -138,6 +166,7 @@ def multi_process_path_matches(mesh) -> bool:
 def run_all(mesh=None) -> dict[str, np.ndarray]:
   results = {f"ncl/{k}": v for k, v in ncl_run(mesh).items()}
   results.update({f"resnet/{k}": v for k, v in resnet_run(mesh).items()})
+  results.update({f"memory/{k}": v for k, v in memory_run(mesh).items()})
   return results
 
 

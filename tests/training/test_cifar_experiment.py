@@ -245,7 +245,7 @@ def test_cifar_config_rejects_bad_arguments():
   with pytest.raises(ValueError, match="embedding_dim"):
     centroid.cifar_config("cifar10", 1)
   with pytest.raises(ValueError, match="loss must be one of"):
-    centroid.cifar_config("cifar10", 4, loss="arcface")
+    centroid.cifar_config("cifar10", 4, loss="sphereface")
 
 
 def test_more_devices_than_exist_or_an_indivisible_batch_is_refused(cifar_dir, tmp_path):

@@ -181,6 +181,8 @@ def test_verification_pairs_reject_bad_input(labels, count, match):
     ({"pairs_per_image": 5}, "even"),
     ({"num_pairs": 10_000}, "exceeds"),
     ({"positive_fraction": 1.5}, "positive_fraction"),
+    ({"train_corruption": -0.5}, "train_corruption"),
+    ({"train_corruption": 1.5}, "train_corruption"),
 ])
 def test_validate_config_rejects_bad_fields(bad, match):
   with pytest.raises(ValueError, match=match):
@@ -294,3 +296,22 @@ def test_resuming_with_another_config_is_refused(straight_run):
   with pytest.raises(ValueError, match="different config.*num_components"):
     train_and_evaluate(other, workdir)
 
+
+def test_train_corruption_trains_on_occluded_images(straight_run, tmp_path, monkeypatch):
+  config, _, straight = straight_run
+  shares = []
+  real = hib.ndigit.corrupt_train
+
+  def recording(data, fraction, **occlusion):
+    train = real(data, fraction, **occlusion)
+    shares.append(np.mean((train.images != data.train.images).any(axis=(1, 2, 3))))
+    return train
+
+  monkeypatch.setattr(hib.ndigit, "corrupt_train", recording)
+  config = config.copy_and_resolve_references()
+  config.train_corruption = 1.0
+  corrupted = train_and_evaluate(config, str(tmp_path))
+  assert len(shares) == 1 and shares[0] > 0.95
+  # Other training images: another model (the test sets are the same).
+  assert corrupted["match_a"] != straight["match_a"]
+  assert json.loads((tmp_path / "config.json").read_text())["train_corruption"] == 1.0

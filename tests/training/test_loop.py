@@ -126,7 +126,7 @@ def test_balanced_sampler_and_class_weighting_run(fake_dir, tmp_path):
 
 @pytest.mark.parametrize("bad, match", [
     ({"embeding_dim": 3}, "Unknown config field.*embedding_dim"),
-    ({"loss": "arcface"}, "config.loss must be one of"),
+    ({"loss": "sphereface"}, "config.loss must be one of"),
     ({"batch_size": 0}, "config.batch_size must be > 0"),
     ({"num_epochs": 1.5}, "must be an integer"),
     ({"learning_rate": "fast"}, "must be of type float"),
@@ -134,6 +134,13 @@ def test_balanced_sampler_and_class_weighting_run(fake_dir, tmp_path):
     ({"classifier_weight": 1.0}, "classifier_head"),
     ({"model": "resnet18", "batch_norm": True}, "ResNets always have it"),
     ({"features": (0, 3)}, "positive channel counts"),
+    ({"loss": "arcface", "loss_options": {"alpha": 2.0}}, r"it takes \['margin', 'scale'\]"),
+    ({"loss": "ncl", "loss_options": {"margin": 2.0}}, "it has none there"),
+    ({"loss": "multi_similarity", "loss_options": {"mine": 1.0}}, "must be a bool"),
+    ({"loss": "circle", "loss_options": {"gamma": "big"}}, "must be a number"),
+    ({"loss": "cosface", "loss_options": 3.0}, "must be of type ConfigDict"),
+    ({"loss": "ncl", "memory_size": 64}, "memory form"),
+    ({"loss": "proxy_anchor", "confidence": "vmf"}, "evaluated by its proxies"),
 ])
 def test_validate_config_rejects_bad_fields(bad, match):
   with pytest.raises(ValueError, match=match):
@@ -189,3 +196,53 @@ def test_checkpoints_of_the_earlier_layout_are_refused(fake_dir, tmp_path):
   (tmp_path / "checkpoints" / "8" / "default").mkdir(parents=True)  # checkpoints/<step>
   with pytest.raises(ValueError, match="earlier version of sphereembed"):
     train_and_evaluate(small_config(fake_dir), str(tmp_path))
+
+
+def test_proxy_loss_run_is_evaluated_by_its_proxies_and_saved(fake_dir, tmp_path):
+  from sphereembed import geometry, inference
+  config = small_config(fake_dir, loss="proxy_anchor", embedding_dim=8, figures=False,
+                        tensorboard=False, validation_examples=40)
+  config.loss_options = {"margin": 0.1, "alpha": 32.0}
+  metrics = train_and_evaluate(config, str(tmp_path))
+  assert metrics["test_accuracy"] > 0.6, metrics
+  assert 0 <= metrics["test_accuracy_centroids"] <= 1
+  step, arrays = _final_arrays(str(tmp_path))
+  proxies = np.asarray(arrays["params"]["head"]["proxies"])
+  assert proxies.shape == (10, 8)  # MNIST's ten classes (four appear in the fake data)
+  model = inference.load_model(str(tmp_path))
+  # The saved prototypes are the unit proxies, the classes' directions the loss trained.
+  np.testing.assert_allclose(model.centroids, np.asarray(geometry.l2_normalize(proxies)),
+                             atol=1e-6)
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["loss_options"] == {"alpha": 32.0, "margin": 0.1}
+
+
+def test_memory_run_resumes_with_its_memory(fake_dir, tmp_path, monkeypatch):
+  config = small_config(fake_dir, loss="multi_similarity", memory_size=100, figures=False,
+                        tensorboard=False, embedding_dim=8)
+  metrics = train_and_evaluate(config, str(tmp_path / "whole"))
+  assert metrics["test_accuracy"] > 0.6, metrics
+  _, whole = _final_arrays(str(tmp_path / "whole"))
+  memory = whole["extras"]["memory"]
+  # 21 steps of 32 images through 100 slots.
+  assert int(memory["position"]) == (21 * 32) % 100 and bool(np.all(memory["valid"]))
+
+  real_step = centroid.train_step
+  calls = {"n": 0}
+
+  def crashing_step(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 11:
+      raise KeyboardInterrupt("simulated preemption")
+    return real_step(*args, **kwargs)
+
+  monkeypatch.setattr(centroid, "train_step", crashing_step)
+  with pytest.raises(KeyboardInterrupt):
+    train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(centroid, "train_step", real_step)
+  resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert resumed["resumed_from_step"] == {"train": 10}
+  _, again = _final_arrays(str(tmp_path / "resumed"))
+  import jax
+  for x, y in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(again)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

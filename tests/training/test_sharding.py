@@ -92,6 +92,18 @@ def test_batch_norm_statistics_are_global_under_jit(runs):
     np.testing.assert_allclose(sharded[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
+def test_cross_batch_memory_training_is_the_same_on_1_and_8_devices(runs):
+  reference, sharded = runs
+  # The memory is filled from the global batch: same slots, labels and position.
+  for key in ("memory/memory['labels']", "memory/memory['valid']", "memory/memory['position']"):
+    np.testing.assert_array_equal(sharded[key], reference[key], err_msg=key)
+  assert int(reference["memory/memory['position']"]) == (4 * 16) % 24  # it wrapped around
+  assert bool(np.all(reference["memory/memory['valid']"]))
+  for key in ["memory/loss", "memory/memory['embeddings']"] + [
+      k for k in reference if k.startswith("memory/params")]:
+    np.testing.assert_allclose(sharded[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
 def test_make_mesh_replicate_and_shard_batch_on_this_process():
   mesh = sharding.make_mesh()
   assert mesh.axis_names == (sharding.DATA_AXIS,) and mesh.size == jax.device_count()
