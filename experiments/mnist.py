@@ -152,9 +152,12 @@ def summary(metrics: dict) -> str:
     line = f"nearest-centroid test accuracy: {100 * metrics['test_accuracy']:.2f}%"
     if "test_accuracy_at_80" in metrics:
       line += f", ACC@80%: {100 * metrics['test_accuracy_at_80']:.2f}%"
-    if metrics.get("model/threshold", 0) > 0:
+    if metrics.get("model/threshold", 0) > 0 and metrics["model/coverage"] > 0:
       line += (f"; the saved model abstains on {100 * (1 - metrics['model/coverage']):.1f}% of "
                f"the test images, {100 * metrics['model/accuracy_kept']:.2f}% accurate on the rest")
+    elif metrics.get("model/threshold", 0) > 0:
+      line += ("; the saved model abstains on every test image: no confidence reached the "
+               "abstention target (config.abstain_level) on the validation split")
     return line
   if method == "hib":
     return (f"HIB {metrics['model']} ({metrics['headline_set']} classes): verification AP clean "

@@ -187,3 +187,11 @@ def test_summarize_retrieval_orders_methods_and_shows_the_papers_cells(tmp_path)
                      "0.500 ± 0.000 (0.98) | 0.500 ± 0.000 | 0.500 ± 0.000 (0.89) | "
                      "0.500 ± 0.000 (0.02) | 2 | 60 |")
   assert rows[2].endswith("| 1 | 60 |")  # PFE's time includes its base network
+
+
+def test_summary_line_says_when_the_model_abstains_on_everything():
+  base = {"method": "centroid", "test_accuracy": 0.72, "model/threshold": 1.0}
+  line = mnist.summary({**base, "model/coverage": 0.0, "model/accuracy_kept": float("nan")})
+  assert "abstains on every test image" in line and "nan" not in line
+  line = mnist.summary({**base, "model/coverage": 0.9, "model/accuracy_kept": 0.99})
+  assert "abstains on 10.0% of the test images, 99.00% accurate" in line

@@ -179,7 +179,7 @@ def _fields() -> ml_collections.ConfigDict:
   config.polyphase_gradient = True
   config.classifier_head = False
 
-  # Loss: one of LOSSES (all evaluated by nearest centroid).
+  # Loss: one of LOSSES (evaluated by nearest centroid; the proxy losses by nearest proxy).
   config.loss = "ncl"
   config.metric = "euclidean"  # chord distance; great_circle did as well
   config.margin = 0.2  # triplet and contrastive losses
@@ -312,8 +312,9 @@ def cifar_config(dataset: str, embedding_dim: int, loss: str = "ncl") -> ml_coll
   epochs then cosine decay, L2 weight decay 5e-4 on the kernels (the usual
   CIFAR value), 200 epochs. The centroid EMA decays over the run about as
   much as in the MNIST configs (``alpha_every`` 4000 of 19,400 steps).
-  NCL draws shuffled batches; the triplet losses draw P x K batches (10
-  classes x 48 images) so that every anchor has positives.
+  NCL and the proxy losses draw shuffled batches; the triplet, contrastive
+  and pair-weighting losses draw P x K batches (10 classes x 48 images) so
+  that every anchor has positives.
 
   Args:
     dataset: ``"cifar10"`` or ``"cifar100"``.
@@ -340,7 +341,7 @@ def cifar_config(dataset: str, embedding_dim: int, loss: str = "ncl") -> ml_coll
   config.augment = "crop_flip"
   config.embedding_dim = embedding_dim
   config.loss = loss
-  if loss.startswith("triplet") or loss == "contrastive":
+  if loss.startswith("triplet") or loss == "contrastive" or loss in _PAIR_WEIGHTING_LOSSES:
     config.sampler = "balanced"
     config.classes_per_batch = 10
     config.samples_per_class = 48

@@ -289,3 +289,12 @@ def test_runs_from_before_the_new_fields_still_resume(tmp_path):
   changed.model = "resnet18"
   with pytest.raises(ValueError, match=r"different config \(fields \['model'\], as saved in"):
     check(methods.validate_config(changed))
+
+
+@pytest.mark.parametrize("loss, sampler", [("ncl", "shuffled"), ("arcface", "shuffled"),
+                                           ("triplet_batch_all", "balanced"),
+                                           ("multi_similarity", "balanced")])
+def test_cifar_config_gives_pair_losses_positives_in_every_batch(loss, sampler):
+  config = centroid.cifar_config("cifar10", 8, loss=loss)
+  assert config.sampler == sampler
+  methods.validate_config(config)

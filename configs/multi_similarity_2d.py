@@ -1,0 +1,29 @@
+"""Multi-Similarity (Wang et al.) with a 2-D embedding on MNIST: the NCL comparison.
+
+The ncl_2d backbone and budget; evaluated by the nearest EMA class centroid, like NCL,
+its confidence the cosine to that centroid.
+The hyper-parameters are the loss's defaults (pytorch-metric-learning's, margins in radians),
+listed so that one can be changed from the command line (--config.loss_options.NAME=VALUE).
+
+Command (from the repository root):
+  python -m experiments.mnist --config=configs/multi_similarity_2d.py [--config.dataset=fashion_mnist]
+
+Results against NCL, triplet and contrastive (accuracy, OOD AUROC, ECE; 3 seeds):
+docs/results/mnist.rst.
+"""
+
+from sphereembed.methods import default_config
+
+
+def get_config():
+  config = default_config()
+  config.loss = "multi_similarity"
+  config.embedding_dim = 2
+  # sphereembed.losses.multi_similarity's keyword arguments.
+  config.loss_options = {"alpha": 2.0, "beta": 50.0, "base": 0.5, "mine": False, "epsilon": 0.1}
+  # The ncl_2d backbone and budget (batch norm, 20 epochs), for a like-for-like comparison.
+  config.batch_norm = True
+  config.num_epochs = 20
+  # Held out of training to calibrate the saved model's confidence and choose where it abstains.
+  config.validation_examples = 5000
+  return config
