@@ -176,20 +176,15 @@ def _chunked_search(search, n, depth):
 
 
 def _peer_metrics(search, labels, ks=KS, knn_k=KNN_K):
-  """The metrics of ``retrieval_metrics`` from a peer's search, with our NumPy metric code."""
+  """The metrics of ``retrieval_metrics`` from a peer's search, with our metric code."""
   import numpy as np
   from sphereembed.evaluation import retrieval
-  prepared = retrieval._Labels(labels, labels)
-  counts = prepared.relevant_counts(exclude_self=True)
-  depth = int(max(max(ks), knn_k, counts.max()))
-  blocks = []
-  for start, stop, indices in _chunked_search(search, len(labels), depth):
-    relevant = prepared.relevance(start, stop, indices)
-    prediction, _ = retrieval._majority(*prepared.votes(indices[:, :knn_k]), stop - start)
-    blocks.append(retrieval._per_query(relevant, counts[start:stop], ks,
-                                       prediction == labels[start:stop]))
+  # Leave-one-out: each query's R counts the other images of its class.
+  depth = int(max(max(ks), knn_k, np.bincount(labels).max() - 1))
+  blocks = [retrieval.retrieval_metrics_from_neighbors(
+      indices, labels[start:stop], labels, ks=ks, knn_k=knn_k, queries_in_references=True)
+            for start, stop, indices in _chunked_search(search, len(labels), depth)]
   per_query = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
-  per_query["relevant_count"] = counts
   return per_query, depth
 
 
@@ -466,7 +461,7 @@ def section_text(rows, info, data_info, args, command, started, finished, skippe
       "itself; scikit-learn `NearestNeighbors(n_neighbors=10, algorithm=\"brute\")"
       ".kneighbors()`. Peers (metrics): the same searches "
       f"{ours.get('depth', 'max R')} + 1 deep in chunks of {PEER_CHUNK} queries, each chunk's "
-      "lists handed to our NumPy metric code (`retrieval._per_query`), so only the search "
+      "lists handed to our metric code (`retrieval_metrics_from_neighbors`), so only the search "
       "differs.",
       "",
       f"Timing: each (task, framework) in its own subprocess; *wall s* is the first call "

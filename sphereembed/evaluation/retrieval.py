@@ -65,6 +65,7 @@ __all__ = [
     "nearest_neighbors",
     "retrieval_calibration",
     "retrieval_metrics",
+    "retrieval_metrics_from_neighbors",
     "retrieval_metrics_per_query",
 ]
 
@@ -692,21 +693,97 @@ def retrieval_metrics_per_query(
   depth = int(max(max(ks), knn_k, counts.max()))
 
   def on_block(start, stop, distances, indices):
-    relevant = labels.relevance(start, stop, indices)
-    prediction, _ = _majority(*labels.votes(indices[:, :knn_k]), stop - start)
-    if labels.multi_hot:
-      hot = np.unpackbits(labels.query[start:stop].view(np.uint8), axis=-1)
-      correct = (prediction >= 0) & hot[np.arange(stop - start), np.maximum(prediction, 0)].astype(
-          bool)
-    else:
-      correct = prediction == labels.query[start:stop]
-    out = _per_query(relevant, counts[start:stop], ks, correct)
-    out["knn_prediction"] = prediction
-    return out
+    return _block_metrics(labels, start, stop, indices, counts[start:stop], ks, knn_k)
 
   blocks = _run_blocks(query, reference_array, k=depth, metric=metric, exclude_self=exclude_self,
                        block_size=block_size, on_block=on_block)
   result = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+  result["relevant_count"] = counts
+  return result
+
+
+def _block_metrics(labels: _Labels, start: int, stop: int, indices: np.ndarray,
+                   counts: np.ndarray, ks, knn_k: int) -> dict[str, np.ndarray]:
+  """Per-query metrics of queries ``start:stop`` from their ranked neighbours ``indices``."""
+  relevant = labels.relevance(start, stop, indices)
+  prediction, _ = _majority(*labels.votes(indices[:, :knn_k]), stop - start)
+  if labels.multi_hot:
+    hot = np.unpackbits(labels.query[start:stop].view(np.uint8), axis=-1)
+    correct = (prediction >= 0) & hot[np.arange(stop - start), np.maximum(prediction, 0)].astype(
+        bool)
+  else:
+    correct = prediction == labels.query[start:stop]
+  out = _per_query(relevant, counts, ks, correct)
+  out["knn_prediction"] = prediction
+  return out
+
+
+def retrieval_metrics_from_neighbors(
+    neighbors,
+    query_labels,
+    reference_labels,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    knn_k: int | None = None,
+    queries_in_references: bool = False,
+) -> dict[str, np.ndarray]:
+  """The per-query metrics of :func:`retrieval_metrics_per_query` from neighbour lists you searched.
+
+  For neighbours found by another search (faiss, an approximate index, a
+  database): the metrics are then computed exactly as for our own search.
+  Queries may be passed in chunks, each with its rows of ``query_labels``.
+
+  Args:
+    neighbors: ``(Q, depth)`` int indices into the references, nearest first,
+      each query's own entry left out when ``queries_in_references``.
+    query_labels: ``(Q,)`` int class ids or ``(Q, L)`` multi-hot labels.
+    reference_labels: the labels of all references, of the same kind.
+    ks: the cut-offs of mAP@k and recall@k.
+    knn_k: the neighbours of the kNN vote (default ``max(ks)``).
+    queries_in_references: the queries are references too (a leave-one-out
+      evaluation): each query's own entry is not counted among its ``R``
+      relevant references.
+
+  Returns:
+    The dict of :func:`retrieval_metrics_per_query`.
+
+  Raises:
+    ValueError: indices out of range, or lists shorter than a query's ``R``
+      (MAP@R and R-precision need the top ``R``), ``max(ks)`` or ``knn_k``.
+
+  Example:
+    >>> import numpy as np
+    >>> from sphereembed.evaluation.retrieval import retrieval_metrics_from_neighbors
+    >>> scores = retrieval_metrics_from_neighbors([[1, 2], [0, 2]], [0, 1], [0, 1, 0], ks=(1,))
+    >>> scores["precision_at_1"].tolist(), scores["map_at_r"].tolist()
+    ([0.0, 0.0], [0.25, 0.0])
+  """
+  neighbors = np.asarray(neighbors)
+  if neighbors.ndim != 2 or not np.issubdtype(neighbors.dtype, np.integer):
+    raise ValueError(f"neighbors must be a (Q, depth) int array, got {neighbors.dtype} "
+                     f"{neighbors.shape}.")
+  query_labels = _labels(query_labels, neighbors.shape[0], "query_labels")
+  reference_labels = np.asarray(reference_labels)
+  reference_labels = _labels(reference_labels,
+                             reference_labels.shape[0] if reference_labels.ndim else 0,
+                             "reference_labels")
+  _same_kind(query_labels, reference_labels)
+  if neighbors.size and (neighbors.min() < 0 or neighbors.max() >= reference_labels.shape[0]):
+    raise ValueError(f"neighbors must index the {reference_labels.shape[0]} references, got "
+                     f"values in [{neighbors.min()}, {neighbors.max()}].")
+  ks = _ks(ks)
+  knn_k = max(ks) if knn_k is None else knn_k
+  labels = _Labels(query_labels, reference_labels)
+  counts = labels.relevant_counts(exclude_self=False)
+  if queries_in_references:
+    # Each query is among the references and relevant to itself (with any label): one fewer.
+    counts = counts - (query_labels.any(axis=1) if labels.multi_hot else 1)
+  depth = neighbors.shape[1]
+  needed = int(max(max(ks), knn_k, counts.max(initial=0)))
+  if depth < needed:
+    raise ValueError(f"neighbors has {depth} per query; MAP@R, R-precision, the ks and knn_k "
+                     f"need the nearest {needed}.")
+  result = _block_metrics(labels, 0, neighbors.shape[0], neighbors, counts, ks, knn_k)
   result["relevant_count"] = counts
   return result
 

@@ -495,3 +495,32 @@ _Y = np.array([0, 0, 1, 1, 2, 2])
 def test_bad_input_raises_value_error(call, message):
   with pytest.raises(ValueError, match=message):
     call()
+
+
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_metrics_from_neighbors_equal_our_own_search(multi_hot):
+  from sphereembed.evaluation.retrieval import retrieval_metrics_from_neighbors
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(60, 4))
+  labels = (rng.random((60, 5)) < 0.3).astype(np.int64) if multi_hot else rng.integers(0, 4, 60)
+  ours = retrieval.retrieval_metrics_per_query(x, labels, ks=(1, 3), knn_k=5)
+  # A brute-force leave-one-out search, in two chunks of queries.
+  distances = np.linalg.norm(x[:, None] - x[None], axis=-1)
+  np.fill_diagonal(distances, np.inf)
+  order = np.argsort(distances, axis=1, kind="stable")[:, :59]
+  chunks = [retrieval_metrics_from_neighbors(order[a:b], labels[a:b], labels, ks=(1, 3), knn_k=5,
+                                             queries_in_references=True)
+            for a, b in ((0, 25), (25, 60))]
+  for name, value in ours.items():
+    np.testing.assert_allclose(np.concatenate([c[name] for c in chunks]), value, err_msg=name)
+
+
+def test_metrics_from_neighbors_refuse_short_or_foreign_lists():
+  from sphereembed.evaluation.retrieval import retrieval_metrics_from_neighbors
+  labels = np.array([0, 0, 0, 1])
+  with pytest.raises(ValueError, match="need the nearest 3"):
+    retrieval_metrics_from_neighbors([[1, 2]], [0], labels, ks=(1,))
+  with pytest.raises(ValueError, match="must index the 4 references"):
+    retrieval_metrics_from_neighbors([[1, 4, 2]], [0], labels, ks=(1,))
+  with pytest.raises(ValueError, match="int array"):
+    retrieval_metrics_from_neighbors([[1.0, 2.0, 3.0]], [0], labels, ks=(1,))
