@@ -800,6 +800,8 @@ def check_text(loss, ours, pml) -> str:
   return f"{mark} {rel:.0e}{what}"
 
 
+SECTION_BEGIN = "<!-- loss-benchmark -->"
+SECTION_END = "<!-- /loss-benchmark -->"
 TABLE_HEADER = (
     "| loss | B | D | ours ms | PML ms | PML/ours | ours compile s | ours XLA MB "
     "| ours ΔRSS MB | PML ΔRSS MB | ours loss | PML loss | value check |\n"
@@ -828,7 +830,7 @@ def row_text(row) -> str:
 
 
 def write_results(path, rows, info, args, command, started, finished, skipped, note):
-  lines = ["# Loss benchmark: sphereembed vs pytorch-metric-learning", ""]
+  lines = [SECTION_BEGIN, "# Loss benchmark: sphereembed vs pytorch-metric-learning", ""]
   if note:
     lines += [f"> **{note}**", ""]
   lines += [
@@ -887,11 +889,9 @@ def write_results(path, rows, info, args, command, started, finished, skipped, n
   ]
   if skipped:
     lines += ["Skipped:", ""] + [f"* {s}" for s in skipped] + [""]
-  lines += [SEMANTICS]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines))
-  os.replace(tmp, path)
+  lines += [SEMANTICS.rstrip("\n"), SECTION_END]
+  # Its own section only: the other benchmarks' sections of RESULTS.md are kept.
+  replace_marked_section(path, "\n".join(lines) + "\n", SECTION_BEGIN, SECTION_END)
 
 
 def ours_available(loss: str):
