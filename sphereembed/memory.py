@@ -255,7 +255,7 @@ def memory_loss(loss_fn: Callable, embeddings: jax.Array, labels: jax.Array, mem
   if not all(name in parameters for name in ("references", "reference_labels", "reference_mask")):
     raise ValueError(
         f"{getattr(loss_fn, '__name__', loss_fn)!r} has no reference form (the keywords "
-        "references=, reference_labels=, reference_mask=); use contrastive, multi_similarity, "
-        "circle or lifted_structure.")
+        "references=, reference_labels=, reference_mask=); use contrastive, a triplet loss, "
+        "multi_similarity, circle or lifted_structure.")
   return loss_fn(embeddings, labels, references=reference_embeddings,
                  reference_labels=references.labels, reference_mask=reference_mask, **kwargs)

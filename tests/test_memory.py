@@ -244,6 +244,62 @@ def test_other_pair_losses_use_the_memory_as_references(name):
                               rtol=1e-12)
 
 
+def _triplet_reference(kind, x, labels, slots, own, margin, weights):
+  """The triplet losses with anchors from the batch and partners from the memory slots."""
+  numerator = denominator = 0.0
+  for i in range(len(x)):
+    partners = [(math.sqrt(float(np.sum((x[i] - slot[0]) ** 2))), int(slot[1]) == int(labels[i]))
+                for j, slot in enumerate(slots) if slot is not None and own[i] != j]
+    positives = [d for d, same in partners if same]
+    negatives = [d for d, same in partners if not same]
+    if not positives or not negatives:
+      continue
+    if kind == "triplet_batch_all":
+      terms = [p - n + margin for p in positives for n in negatives]
+      numerator += weights[i] * sum(max(t, 0.0) for t in terms)
+      denominator += weights[i] * sum(t > 0 for t in terms)  # mean over the active triplets
+    elif kind == "triplet_batch_hard":
+      numerator += weights[i] * max(max(positives) - min(negatives) + margin, 0.0)
+      denominator += weights[i]
+    else:  # semi-hard: the nearest negative beyond the positive, else the farthest
+      for p in positives:
+        beyond = [n for n in negatives if n > p]
+        n = min(beyond) if beyond else max(negatives)
+        numerator += weights[i] * max(p - n + margin, 0.0)
+        denominator += weights[i]
+  return numerator / denominator if denominator > 0 else 0.0
+
+
+@pytest.mark.parametrize("kind", ["triplet_batch_all", "triplet_batch_hard", "triplet_semi_hard"])
+def test_triplet_losses_mine_the_memory(kind):
+  rng = np.random.default_rng(8)
+  size, dim = 9, 3
+  history = [_batch(rng, 5, dim), _batch(rng, 6, dim)]  # 11 rows through 9 slots: wrapped
+  memory = _apply(size, dim, history)
+  x, labels = _batch(rng, 5, dim)
+  weights = rng.uniform(0.5, 2.0, 5)
+  slots, _, own = _simulate(size, history + [(x, labels)])
+  fn = jit_fast_compile(lambda e, l, m, w: memory_loss(
+      getattr(losses, kind), e, l, m, margin=0.3, weights=w))
+  expected = _triplet_reference(kind, x, labels, slots, own, 0.3, weights)
+  assert expected > 0
+  chex.assert_trees_all_close(fn(x, labels, memory, weights), expected, rtol=1e-10)
+  # Gradients reach the queries only, and agree with jit.
+  grad = jax.grad(lambda e: memory_loss(getattr(losses, kind), e, labels, memory, margin=0.3))
+  chex.assert_trees_all_close(grad(x), jit_fast_compile(grad)(x), rtol=1e-10)
+
+
+def test_triplet_references_without_memory_equal_the_batch_form():
+  rng = np.random.default_rng(9)
+  x, labels = _batch(rng, 8, 3)
+  for name in ("triplet_batch_all", "triplet_batch_hard", "triplet_semi_hard"):
+    fn = getattr(losses, name)
+    # The batch as its own references, minus each anchor's own row: the plain loss.
+    chex.assert_trees_all_close(
+        fn(x, labels, references=x, reference_labels=labels,
+           reference_mask=~np.eye(8, dtype=bool)), fn(x, labels), rtol=1e-12)
+
+
 def test_gradient_flows_to_queries_only():
   rng = np.random.default_rng(6)
   memory = _apply(6, 3, [_batch(rng, 5, 3)])
@@ -291,7 +347,7 @@ def test_loss_errors():
   memory = memory_init(4, 2, jnp.float64)
   x, labels = np.ones((3, 2)), np.zeros(3, np.int32)
   with pytest.raises(ValueError, match="reference form"):
-    memory_loss(losses.triplet_batch_all, x, labels, memory)
+    memory_loss(losses.ncl, x, labels, memory)
   with pytest.raises(ValueError):
     memory_loss(losses.multi_similarity, x.astype(np.float32), labels, memory)
   with pytest.raises(ValueError):

@@ -18,6 +18,13 @@ question about triplets becomes a binary search into that row:
 Sorting is done on the bit patterns of the non-negative distances
 reinterpreted as integers (same order, several times faster on CPU than a
 float sort), and distances are never differentiated through the sort.
+
+Every loss also takes ``references=`` / ``reference_labels=`` /
+``reference_mask=``: the anchors are then the batch and their positives and
+negatives are drawn from the references (``(M, D)``, e.g. a cross-batch
+memory, :func:`sphereembed.memory.memory_loss`), ``(B, M)`` instead of
+``(B, B)`` distances; the references' own gradient is whatever the caller's
+arrays carry (a memory's carry none).
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from sphereembed import geometry
-from sphereembed.losses import _common, checks, masks
+from sphereembed.losses import _common, checks
+from sphereembed.losses._pair_weighting import check_pair_inputs, pair_masks_with_references
 
 Reduction = Literal["mean_active", "mean", "sum"]
 
@@ -74,10 +82,20 @@ def _row_searchsorted(sorted_keys: jax.Array, query_keys: jax.Array, side: str) 
   return jax.lax.fori_loop(0, num_bits, halve, jnp.zeros(query_keys.shape, jnp.int32))
 
 
-def _distances_and_masks(embeddings, labels, metric):
-  distances = geometry.pairwise_distances(embeddings, metric=metric)
-  positives, negatives = masks.pair_masks(labels)
+def _distances_and_masks(embeddings, labels, metric, references=None, reference_labels=None,
+                         reference_mask=None):
+  """``(B, B)`` (or ``(B, M)`` against references) distances with the positive and negative masks."""
+  distances = geometry.pairwise_distances(embeddings, references, metric=metric)
+  positives, negatives = pair_masks_with_references(labels, reference_labels, reference_mask)
   return distances, positives, negatives
+
+
+def _check_references(embeddings, labels, weights, references, reference_labels, reference_mask):
+  """The reference arrays checked against the batch (all ``None`` without references)."""
+  if references is None and reference_labels is None and reference_mask is None:
+    return None, None, None
+  return check_pair_inputs(embeddings, labels, weights, references, reference_labels,
+                           reference_mask)[3:]
 
 
 def _check_inputs(embeddings, labels, weights, margin, reduction=None):
@@ -146,7 +164,7 @@ def _batch_all_softplus_rows(distances, positives, negatives, margin):
   O(B^2) by mapping over chunks of anchors and rematerialising in the
   backward pass.
   """
-  batch_size = distances.shape[0]
+  batch_size, num_others = distances.shape
 
   @jax.checkpoint
   def one_anchor(row):
@@ -155,7 +173,7 @@ def _batch_all_softplus_rows(distances, positives, negatives, margin):
     valid = pos[:, None] & neg[None, :]
     return jnp.sum(jnp.where(valid, jax.nn.softplus(x), 0)), jnp.sum(valid & (x > 0))
 
-  chunk = max(1, min(batch_size, 2**22 // max(1, batch_size * batch_size)))
+  chunk = max(1, min(batch_size, 2**22 // max(1, num_others * num_others)))
   hinge_sum, num_active = jax.lax.map(one_anchor, (distances, positives, negatives), batch_size=chunk)
   return hinge_sum, num_active.astype(distances.dtype)
 
@@ -170,6 +188,9 @@ def triplet_batch_all(
     soft_margin: bool = False,
     weights: jax.Array | None = None,
     return_stats: bool = False,
+    references: jax.Array | None = None,
+    reference_labels: jax.Array | None = None,
+    reference_mask: jax.Array | None = None,
 ):
   """Triplet loss over all valid triplets of a batch ("batch-all").
 
@@ -204,6 +225,11 @@ def triplet_batch_all(
     return_stats: also return a dict with ``fraction_active`` (share of
       valid triplets with ``d_ap - d_an + margin > 0``), ``num_active`` and
       ``num_valid`` (unweighted counts).
+    references: optional ``(M, D)`` embeddings that supply each anchor's
+      positives and negatives instead of the batch (a cross-batch memory).
+    reference_labels: the references' labels, like ``labels``.
+    reference_mask: optional ``(M,)`` or ``(B, M)`` bool, the usable
+      references (of each anchor).
 
   Returns:
     The scalar loss (0, with a zero gradient, when the batch has no valid
@@ -230,10 +256,13 @@ def triplet_batch_all(
     0.3429, active 0.875
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin, reduction)
+  references, reference_labels, reference_mask = _check_references(
+      embeddings, labels, weights, references, reference_labels, reference_mask)
   batch_size, dtype = embeddings.shape[0], embeddings.dtype
-  if batch_size == 0:
+  if batch_size == 0 or (references is not None and references.shape[0] == 0):
     return _empty_batch(dtype, return_stats)
-  distances, positives, negatives = _distances_and_masks(embeddings, labels, metric)
+  distances, positives, negatives = _distances_and_masks(embeddings, labels, metric, references,
+                                                         reference_labels, reference_mask)
   if soft_margin:
     row_loss, row_active = _batch_all_softplus_rows(distances, positives, negatives, margin)
   else:
@@ -277,6 +306,9 @@ def triplet_batch_hard(
     soft_margin: bool = False,
     weights: jax.Array | None = None,
     return_stats: bool = False,
+    references: jax.Array | None = None,
+    reference_labels: jax.Array | None = None,
+    reference_mask: jax.Array | None = None,
 ):
   """Batch-hard triplet loss: the hardest positive and negative per anchor.
 
@@ -302,6 +334,11 @@ def triplet_batch_hard(
       mean over anchors).
     return_stats: also return ``fraction_active`` (share of the anchors whose
       hardest triplet violates the margin), ``num_active``, ``num_valid``.
+    references: optional ``(M, D)`` embeddings that supply each anchor's
+      positives and negatives instead of the batch (a cross-batch memory).
+    reference_labels: the references' labels, like ``labels``.
+    reference_mask: optional ``(M,)`` or ``(B, M)`` bool, the usable
+      references (of each anchor).
 
   Returns:
     The scalar loss (0 with a zero gradient when no anchor has both a
@@ -325,26 +362,36 @@ def triplet_batch_hard(
     0.4000
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin)
+  references, reference_labels, reference_mask = _check_references(
+      embeddings, labels, weights, references, reference_labels, reference_mask)
   dtype = embeddings.dtype
-  if embeddings.shape[0] == 0:
+  if embeddings.shape[0] == 0 or (references is not None and references.shape[0] == 0):
     return _empty_batch(dtype, return_stats)
+  others = embeddings if references is None else references
   # Mining needs the B x B distances, but only their ordering: select without
   # gradients, then recompute the 2B chosen distances from explicit
   # differences. The backward pass is O(B D) instead of O(B^2).
   # Euclidean distances are ranked by their squares (no square roots needed).
   ranking_metric = "squared_euclidean" if metric == "euclidean" else metric
   ranked = jax.lax.stop_gradient(embeddings)
+  ranked_others = None if references is None else jax.lax.stop_gradient(references)
   if metric in ("euclidean", "squared_euclidean"):
     # An exact power-of-two scale keeps the ranking and the squares finite.
-    ranked = ranked / geometry._power_of_two_scale(geometry._max_abs(ranked))  # pylint: disable=protected-access
-  distances, positives, negatives = _distances_and_masks(ranked, labels, ranking_metric)
+    largest = geometry._max_abs(ranked)  # pylint: disable=protected-access
+    if ranked_others is not None:
+      largest = jnp.maximum(largest, geometry._max_abs(ranked_others))  # pylint: disable=protected-access
+    scale = geometry._power_of_two_scale(largest)  # pylint: disable=protected-access
+    ranked = ranked / scale
+    ranked_others = None if ranked_others is None else ranked_others / scale
+  distances, positives, negatives = _distances_and_masks(
+      ranked, labels, ranking_metric, ranked_others, reference_labels, reference_mask)
   farthest_positive, hardest_positive = _first_extreme(
       jnp.where(positives, distances, -jnp.inf), jnp.max)
   nearest_negative, hardest_negative = _first_extreme(
       jnp.where(negatives, distances, jnp.inf), jnp.min)
   valid = (farthest_positive > -jnp.inf) & (nearest_negative < jnp.inf)
-  d_ap = geometry.paired_distances(embeddings, embeddings[hardest_positive], metric)
-  d_an = geometry.paired_distances(embeddings, embeddings[hardest_negative], metric)
+  d_ap = geometry.paired_distances(embeddings, others[hardest_positive], metric)
+  d_an = geometry.paired_distances(embeddings, others[hardest_negative], metric)
   x = jnp.where(valid, d_ap - d_an + margin, 0)
   loss = _common.weighted_mean(_hinge(x, soft_margin), valid, weights)
   if return_stats:
@@ -422,6 +469,9 @@ def triplet_semi_hard(
     soft_margin: bool = False,
     weights: jax.Array | None = None,
     return_stats: bool = False,
+    references: jax.Array | None = None,
+    reference_labels: jax.Array | None = None,
+    reference_mask: jax.Array | None = None,
 ):
   """Semi-hard triplet loss (FaceNet; the TensorFlow Addons convention).
 
@@ -449,6 +499,11 @@ def triplet_semi_hard(
     weights: optional ``(B,)`` per-sample weights of the anchors.
     return_stats: also return ``fraction_active`` (share of the mined
       triplets violating the margin), ``num_active``, ``num_valid``.
+    references: optional ``(M, D)`` embeddings that supply each anchor's
+      positives and negatives instead of the batch (a cross-batch memory).
+    reference_labels: the references' labels, like ``labels``.
+    reference_mask: optional ``(M,)`` or ``(B, M)`` bool, the usable
+      references (of each anchor).
 
   Returns:
     The scalar loss (0 with a zero gradient when there is no positive pair
@@ -472,10 +527,13 @@ def triplet_semi_hard(
     0.2000
   """
   embeddings, labels, weights = _check_inputs(embeddings, labels, weights, margin)
+  references, reference_labels, reference_mask = _check_references(
+      embeddings, labels, weights, references, reference_labels, reference_mask)
   dtype = embeddings.dtype
-  if embeddings.shape[0] == 0:
+  if embeddings.shape[0] == 0 or (references is not None and references.shape[0] == 0):
     return _empty_batch(dtype, return_stats)
-  distances, positives, negatives = _distances_and_masks(embeddings, labels, metric)
+  distances, positives, negatives = _distances_and_masks(embeddings, labels, metric, references,
+                                                         reference_labels, reference_mask)
   inf = jnp.asarray(jnp.inf, dtype)
   negative_distances = jnp.where(negatives, distances, inf)
   selected = _semi_hard_negative(negative_distances, jnp.where(positives, distances, 0))

@@ -5,9 +5,9 @@
 NT-Xent, the siamese cosine loss, softmax, the proxy losses
 (:data:`PROXY_LOSSES`: ArcFace, CosFace, normalised softmax, Proxy-Anchor,
 Proxy-NCA, with learned proxies in the model's head) and the pair-weighting
-losses (multi-similarity, circle, lifted structure), the pair losses
-optionally against a cross-batch memory, ``config.memory_size``), optionally plus a confidence
-negative log-likelihood (a vMF ``kappa`` or Gaussian ``sigma`` head, around
+losses (multi-similarity, circle, lifted structure); the triplet, contrastive
+and pair-weighting losses optionally against a cross-batch memory,
+``config.memory_size``), optionally plus a confidence negative log-likelihood (a vMF ``kappa`` or Gaussian ``sigma`` head, around
 the current centroids) and a classifier cross-entropy, and moves the class
 centroids by an EMA of the batch's class means: explicit state in the train
 state's extras (``state.extras["centroids"]``), so every loss is evaluated by
@@ -97,7 +97,8 @@ LOSSES: tuple[str, ...] = (
 #: The losses with learned class proxies in the model's head.
 PROXY_LOSSES: tuple[str, ...] = tuple(_PROXY_LOSSES)
 #: The losses that can score the batch against a cross-batch memory (``config.memory_size``).
-MEMORY_LOSSES: tuple[str, ...] = ("contrastive", *_PAIR_WEIGHTING_LOSSES)
+MEMORY_LOSSES: tuple[str, ...] = ("triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all",
+                                   "contrastive", *_PAIR_WEIGHTING_LOSSES)
 # The keyword arguments of config.loss_options: each loss's hyper-parameters (their
 # defaults are the loss's own, pytorch-metric-learning's).
 _LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -195,7 +196,7 @@ def _fields() -> ml_collections.ConfigDict:
   # --config.loss_options.margin=0.3 can change one.
   config.loss_options = ml_collections.ConfigDict()
   # Cross-batch memory (XBM): > 0 scores each batch against the last memory_size
-  # training embeddings too (contrastive and the pair-weighting losses).
+  # training embeddings too (MEMORY_LOSSES: the triplet, contrastive and pair-weighting losses).
   config.memory_size = 0
   # Per-sample confidence: "" (none), "vmf" (a kappa head trained by the vMF
   # NLL around the class centroid), "gaussian" (an isotropic sigma head,
@@ -401,7 +402,7 @@ class LossSpec:
       embedding (``False``: it trains the confidence head only).
     options: the proxy and pair-weighting losses' keyword arguments, as
       sorted ``(name, value)`` pairs (hashable: the spec is a static argument).
-    memory_size: > 0: contrastive or a pair-weighting loss scores the batch
+    memory_size: > 0: a loss of :data:`MEMORY_LOSSES` scores the batch
       against a cross-batch memory of this many past embeddings
       (:func:`sphereembed.memory.memory_loss`, the batch included), kept in
       ``state.extras["memory"]``.
@@ -465,11 +466,11 @@ def _loss_terms(spec: LossSpec, outputs, labels, centroids, alpha, weights, prox
     terms[spec.name] = _PROXY_LOSSES[spec.name](
         embeddings, labels, proxies.astype(embeddings.dtype), weights=weights, **options)
   elif memory is not None:
-    if spec.name == "contrastive":
+    if spec.name in _METRIC_LOSSES:
       options = dict(margin=spec.margin, metric=spec.metric)
     terms[spec.name] = memory_lib.memory_loss(
-        losses.contrastive if spec.name == "contrastive" else _PAIR_WEIGHTING_LOSSES[spec.name],
-        embeddings, labels, memory, weights=weights, **options)
+        {**_METRIC_LOSSES, **_PAIR_WEIGHTING_LOSSES}[spec.name], embeddings, labels, memory,
+        weights=weights, **options)
   elif spec.name in _PAIR_WEIGHTING_LOSSES:
     terms[spec.name] = _PAIR_WEIGHTING_LOSSES[spec.name](embeddings, labels, weights=weights,
                                                          **options)

@@ -266,3 +266,18 @@ def test_memory_step_scores_against_the_memory_and_enqueues_the_batch():
 def test_memory_needs_a_loss_with_a_reference_form():
   with pytest.raises(ValueError, match="memory_size needs"):
     LossSpec(name="ncl", memory_size=8)
+  with pytest.raises(ValueError, match="memory_size needs"):
+    LossSpec(name="arcface", memory_size=8)
+
+
+def test_triplet_memory_step_mines_the_memory():
+  from sphereembed import losses, memory as memory_lib
+  batch = _problem()
+  state = _state(memory_size=40)
+  spec = LossSpec(name="triplet_batch_hard", margin=0.3, metric="euclidean", memory_size=40)
+  embeddings = state.apply_fn({"params": state.params}, batch["image"], train=True)["embedding"]
+  expected = memory_lib.memory_loss(losses.triplet_batch_hard, embeddings, batch["label"],
+                                    memory_lib.Memory(**state.extras["memory"]), margin=0.3,
+                                    metric="euclidean")
+  _, metrics = train_step(state, batch, spec)
+  np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
