@@ -28,6 +28,7 @@ from sphereembed.runner import train_and_evaluate
 from sphereembed.training import builders
 from sphereembed.training import engine
 from tests.data.fake_cifar import write_fake_cifar
+from tests.training.preemption import preempted_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 30  # 3 epochs of 200 // 20 batches
@@ -183,23 +184,11 @@ def test_missing_data_names_the_ways_to_provide_it(tmp_path, monkeypatch):
     assert needle in message, f"{needle!r} missing from:\n{message}"
 
 
-def test_interrupted_run_resumes_to_the_same_result(cifar_dir, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_result(cifar_dir, tmp_path):
   config = _small_config(cifar_dir)
   straight = train_and_evaluate(config, str(tmp_path / "straight"))
 
-  calls = {"n": 0}
-  real_step = centroid.train_step
-
-  def crashing_step(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == 7:
-      raise KeyboardInterrupt("simulated preemption")
-    return real_step(*args, **kwargs)
-
-  monkeypatch.setattr(centroid, "train_step", crashing_step)
-  with pytest.raises(KeyboardInterrupt):
-    train_and_evaluate(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(centroid, "train_step", real_step)
+  preempted_run(config, str(tmp_path / "resumed"), centroid, at_call=7)
   assert _final_checkpoint(str(tmp_path / "resumed"))[0] == 6  # Ctrl-C saved the last finished step
   resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
 

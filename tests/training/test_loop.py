@@ -13,6 +13,7 @@ from sphereembed.methods import centroid
 from sphereembed.runner import train_and_evaluate
 from sphereembed.training.checkpoints import CorruptCheckpointError
 from tests.training.fake_data import write_fake_mnist
+from tests.training.preemption import preempted_run
 
 
 @pytest.fixture(scope="module")
@@ -56,23 +57,11 @@ def test_run_writes_checkpoints_metrics_and_figures(fake_dir, tmp_path):
   assert any("train_loss" in r for r in records) and any("steps_per_sec" in r for r in records)
 
 
-def test_interrupted_run_resumes_to_the_same_result(fake_dir, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_result(fake_dir, tmp_path):
   config = small_config(fake_dir, figures=False, tensorboard=False)
   straight = train_and_evaluate(config, str(tmp_path / "straight"))
 
-  calls = {"n": 0}
-  real_step = centroid.train_step
-
-  def crashing_step(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == 11:
-      raise KeyboardInterrupt("simulated preemption")
-    return real_step(*args, **kwargs)
-
-  monkeypatch.setattr(centroid, "train_step", crashing_step)
-  with pytest.raises(KeyboardInterrupt):
-    train_and_evaluate(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(centroid, "train_step", real_step)
+  preempted_run(config, str(tmp_path / "resumed"), centroid, at_call=11)
   # Ctrl-C at step 11 saved the state of step 10, the last finished one.
   assert _final_arrays(str(tmp_path / "resumed"))[0] == 10
   resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
@@ -217,7 +206,7 @@ def test_proxy_loss_run_is_evaluated_by_its_proxies_and_saved(fake_dir, tmp_path
     assert json.load(f)["loss_options"] == {"alpha": 32.0, "margin": 0.1}
 
 
-def test_memory_run_resumes_with_its_memory(fake_dir, tmp_path, monkeypatch):
+def test_memory_run_resumes_with_its_memory(fake_dir, tmp_path):
   config = small_config(fake_dir, loss="multi_similarity", memory_size=100, figures=False,
                         tensorboard=False, embedding_dim=8)
   metrics = train_and_evaluate(config, str(tmp_path / "whole"))
@@ -227,19 +216,7 @@ def test_memory_run_resumes_with_its_memory(fake_dir, tmp_path, monkeypatch):
   # 21 steps of 32 images through 100 slots.
   assert int(memory["position"]) == (21 * 32) % 100 and bool(np.all(memory["valid"]))
 
-  real_step = centroid.train_step
-  calls = {"n": 0}
-
-  def crashing_step(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == 11:
-      raise KeyboardInterrupt("simulated preemption")
-    return real_step(*args, **kwargs)
-
-  monkeypatch.setattr(centroid, "train_step", crashing_step)
-  with pytest.raises(KeyboardInterrupt):
-    train_and_evaluate(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(centroid, "train_step", real_step)
+  preempted_run(config, str(tmp_path / "resumed"), centroid, at_call=11)
   resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
   assert resumed["resumed_from_step"] == {"train": 10}
   _, again = _final_arrays(str(tmp_path / "resumed"))
