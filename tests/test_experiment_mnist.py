@@ -195,3 +195,23 @@ def test_summary_line_says_when_the_model_abstains_on_everything():
   assert "abstains on every test image" in line and "nan" not in line
   line = mnist.summary({**base, "model/coverage": 0.9, "model/accuracy_kept": 0.99})
   assert "abstains on 10.0% of the test images, 99.00% accurate" in line
+
+
+def test_compare_losses_lists_its_runs_and_tables_the_finished_ones(tmp_path, capsys):
+  from experiments import compare_losses
+  compare_losses.main(["--root", str(tmp_path), "--seeds=0,1", "--dims=2",
+                       "--datasets=fashion_mnist", "--losses=ncl,arcface", "--dry_run"])
+  commands = capsys.readouterr().out.splitlines()
+  assert len(commands) == 4 and "--config=configs/arcface_2d.py" in commands[1]
+  assert "--config.ood_dataset=mnist" in commands[0] and "--config.seed=1" in commands[2]
+  for seed, accuracy in ((0, 0.90), (1, 0.92)):
+    run = tmp_path / f"ncl_2d_fashion_mnist_s{seed}"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({
+        "embedding_dim": 2, "test_accuracy": accuracy, "centroid/ood_auroc": 0.8,
+        "centroid/calibrated/ece": 0.01, "model/ece": 0.02, "model/coverage": 0.5}))
+  compare_losses.main(["--root", str(tmp_path), "--seeds=0,1", "--dims=2",
+                       "--datasets=fashion_mnist", "--losses=ncl,arcface", "--table"])
+  table = capsys.readouterr().out
+  assert "| fashion_mnist | 2 | ncl | 91.00 ± 1.41 | 0.8000 ± 0.0000 |" in table
+  assert "arcface" not in table  # not run yet
