@@ -32,6 +32,7 @@ from sphereembed.evaluation.retrieval import (
     nearest_neighbors,
     retrieval_calibration,
     retrieval_metrics,
+    retrieval_metrics_from_neighbors,
     retrieval_metrics_per_query,
 )
 from sphereembed.evaluation.verification import (
@@ -130,6 +131,7 @@ __all__ = [
     "reliability_diagram",
     "retrieval_calibration",
     "retrieval_metrics",
+    "retrieval_metrics_from_neighbors",
     "retrieval_metrics_per_query",
     "risk_coverage_curve",
     "roc_auc",
