@@ -46,9 +46,11 @@ where that is below 100 images per class, keeps only ``total / 100`` randomly
 chosen classes (the ``N = 3`` test sets then have 100 classes); here the sets
 have exactly the requested sizes (the first ``total % classes`` classes of a
 random order get one image more) and all seen or unseen classes, as the issue
-asks. Images are in random order, not grouped by class. Within a class, the
-reference draws the digits of a position without replacement; the
-per-digit-value cycles above (consumed class by class) give the same
+asks (``min_test_images_per_class=100`` trims the test sets' classes as the
+reference does; with 10,000 test images it changes only ``N >= 3``). Images
+are in random order, not grouped by class. Within a class, the reference
+draws the digits of a position without replacement; the per-digit-value
+cycles above (consumed class by class) give the same
 guarantee whenever a class has no more images than MNIST has images of a
 digit (always, for the paper's sizes: at most 1,429 images per class, at
 least 5,421 training and 892 test images per digit).
@@ -89,8 +91,8 @@ __all__ = [
 FORMAT_VERSION = 1
 
 # Independent random streams, mixed with (seed, N).
-_CLASS_SPLIT, _TRAIN, _TEST_SEEN, _TEST_UNSEEN, _CORRUPT_SEEN, _CORRUPT_UNSEEN, _CORRUPT_TRAIN = (
-    range(7))
+(_CLASS_SPLIT, _TRAIN, _TEST_SEEN, _TEST_UNSEEN, _CORRUPT_SEEN, _CORRUPT_UNSEEN, _CORRUPT_TRAIN,
+ _TRIM_SEEN, _TRIM_UNSEEN) = range(9)
 
 _TEST_NAMES = ("seen", "unseen", "seen_corrupted", "unseen_corrupted")
 
@@ -102,6 +104,14 @@ def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> in
     bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
     raise ValueError(f"{name} must be {bound}, got {value}.")
   return int(value)
+
+
+def _occlusion_size(size) -> tuple[int, int]:
+  """``(min_size, max_size)`` of the boxes (:func:`occlusion_boxes` checks them on the digit)."""
+  if len(tuple(size)) != 2:
+    raise ValueError(f"occlusion_size must be (min_size, max_size), got {size!r}.")
+  low = _check_int("occlusion min_size", size[0], 1)
+  return low, _check_int("occlusion max_size", size[1], low)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -487,6 +497,8 @@ def build_ndigit_mnist(
     num_train: int = 100_000,
     num_test: int = 10_000,
     seen_fraction: float = 0.7,
+    occlusion_size: tuple[int, int] = (10, 20),
+    min_test_images_per_class: int = 0,
 ) -> NDigitMnist:
   """N-digit MNIST from an MNIST :class:`~sphereembed.data.Dataset` already in memory.
 
@@ -498,6 +510,13 @@ def build_ndigit_mnist(
     num_train: the size of the training set (the paper: 100,000).
     num_test: the size of each test set (the paper: 10,000).
     seen_fraction: the share of seen classes (the paper: 0.7).
+    occlusion_size: ``(min_size, max_size)`` of the corrupted test sets'
+      boxes (:func:`occlusion_boxes`); smaller boxes are a milder corruption.
+    min_test_images_per_class: where a test set would give its classes fewer
+      images than this, it keeps only ``num_test // min_test_images_per_class``
+      of them, drawn at random, as the reference generator does with its
+      ``min_num_instance_per_number = 100`` (N = 3: 100 of the 300 unseen
+      numbers, 100 images each; N = 2 keeps all); 0 keeps every class.
 
   Returns:
     The :class:`NDigitMnist`, with the corrupted test sets.
@@ -520,19 +539,31 @@ def build_ndigit_mnist(
   num_train = _check_int("num_train", num_train, 0)
   num_test = _check_int("num_test", num_test, 0)
   seen, unseen = class_split(num_digits, seed, seen_fraction)
+  occlusion = dict(zip(("min_size", "max_size"), _occlusion_size(occlusion_size)))
 
   def stream(index):
     return np.random.default_rng([seed, num_digits, index])
 
   train = compose(mnist.train.images, mnist.train.labels, seen, num_train, num_digits,
                   stream(_TRAIN))
-  test_seen = compose(mnist.test.images, mnist.test.labels, seen, num_test, num_digits,
-                      stream(_TEST_SEEN))
-  test_unseen = compose(mnist.test.images, mnist.test.labels, unseen, num_test, num_digits,
-                        stream(_TEST_UNSEEN))
+  minimum = _check_int("min_test_images_per_class", min_test_images_per_class, 0)
+
+  def test_classes(classes, index):
+    # Few images per class make the test harder (more, smaller classes): the reference keeps
+    # fewer classes instead. Its own stream: the default sets do not change.
+    if minimum == 0 or num_test // len(classes) >= minimum:
+      return classes
+    keep = max(num_test // minimum, 2)
+    return np.sort(stream(index).choice(classes, min(keep, len(classes)), replace=False))
+
+  test_seen = compose(mnist.test.images, mnist.test.labels, test_classes(seen, _TRIM_SEEN),
+                      num_test, num_digits, stream(_TEST_SEEN))
+  test_unseen = compose(mnist.test.images, mnist.test.labels, test_classes(unseen, _TRIM_UNSEEN),
+                        num_test, num_digits, stream(_TEST_UNSEEN))
   return NDigitMnist(
       num_digits, seed, seen, unseen, train, test_seen, test_unseen,
-      corrupt(test_seen, stream(_CORRUPT_SEEN)), corrupt(test_unseen, stream(_CORRUPT_UNSEEN)),
+      corrupt(test_seen, stream(_CORRUPT_SEEN), **occlusion),
+      corrupt(test_unseen, stream(_CORRUPT_UNSEEN), **occlusion),
       f"ndigit_mnist(N={num_digits}, seed={seed}) from {mnist.source}")
 
 
@@ -589,6 +620,8 @@ def load_ndigit_mnist(
     num_train: int = 100_000,
     num_test: int = 10_000,
     seen_fraction: float = 0.7,
+    occlusion_size: tuple[int, int] = (10, 20),
+    min_test_images_per_class: int = 0,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> NDigitMnist:
@@ -609,6 +642,9 @@ def load_ndigit_mnist(
     num_train: training set size.
     num_test: size of each test set.
     seen_fraction: the share of seen classes.
+    occlusion_size: ``(min_size, max_size)`` of the corrupted test sets' boxes.
+    min_test_images_per_class: the reference generator's trimming of the
+      test classes (see :func:`build_ndigit_mnist`); 0: none.
     data_dir: where MNIST is (see :func:`~sphereembed.data.load_dataset`).
     cache_dir: a folder for the ``.npz`` cache; ``None`` for no cache.
 
@@ -624,6 +660,12 @@ def load_ndigit_mnist(
             "num_train": _check_int("num_train", num_train, 0),
             "num_test": _check_int("num_test", num_test, 0),
             "seen_fraction": float(seen_fraction), "version": FORMAT_VERSION}
+  if tuple(occlusion_size) != (10, 20):
+    # Only a non-default size enters the key: caches of the default sets stay valid.
+    params["occlusion_size"] = list(_occlusion_size(occlusion_size))
+  if min_test_images_per_class:
+    params["min_test_images_per_class"] = _check_int("min_test_images_per_class",
+                                                     min_test_images_per_class, 0)
   path = None if cache_dir is None else _cache_path(cache_dir, params)
   if path is not None and path.is_file():
     cached = _load(path, params)
@@ -631,7 +673,9 @@ def load_ndigit_mnist(
       return cached
   data = build_ndigit_mnist(load_dataset("mnist", data_dir), params["num_digits"],
                             seed=params["seed"], num_train=params["num_train"],
-                            num_test=params["num_test"], seen_fraction=params["seen_fraction"])
+                            num_test=params["num_test"], seen_fraction=params["seen_fraction"],
+                            occlusion_size=occlusion_size,
+                            min_test_images_per_class=min_test_images_per_class)
   if path is not None:
     _save(path, data, params)
   return data

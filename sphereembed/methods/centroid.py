@@ -69,16 +69,19 @@ __all__ = [
     "evaluate",
     "loss_spec",
     "nearest_centroid",
+    "num_proxies",
     "prepare_data",
     "prototypes",
     "train_batches",
     "train_step",
 ]
 
-# The losses with learned class proxies (params["head"]["proxies"], one per class).
+# The losses with learned class proxies (params["head"]["proxies"]: one per class, or
+# num_subcenters per class for subcenter_arcface).
 _PROXY_LOSSES: dict[str, Callable] = {
     "arcface": losses.arcface,
     "cosface": losses.cosface,
+    "subcenter_arcface": losses.subcenter_arcface,
     "normalized_softmax": losses.normalized_softmax,
     "proxy_anchor": losses.proxy_anchor,
     "proxy_nca": losses.proxy_nca,
@@ -103,6 +106,7 @@ MEMORY_LOSSES: tuple[str, ...] = ("triplet_batch_hard", "triplet_semi_hard", "tr
 # defaults are the loss's own, pytorch-metric-learning's).
 _LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
     "arcface": ("margin", "scale"), "cosface": ("margin", "scale"),
+    "subcenter_arcface": ("num_subcenters", "margin", "scale"),
     "normalized_softmax": ("temperature",), "proxy_anchor": ("margin", "alpha"),
     "proxy_nca": ("softmax_scale",), "multi_similarity": ("alpha", "beta", "base", "mine",
                                                           "epsilon"),
@@ -290,6 +294,10 @@ def _validate(merged) -> None:
       if isinstance(value, bool) != (key == "mine") or not isinstance(value, (int, float)):
         raise ValueError(f"config.loss_options.{key} must be "
                          f"{'a bool' if key == 'mine' else 'a number'}, got {value!r}.")
+    if options.get("num_subcenters", 1) != int(options.get("num_subcenters", 1)) or (
+        options.get("num_subcenters", 1) < 1):
+      raise ValueError(f"config.loss_options.num_subcenters must be a positive integer, got "
+                       f"{options['num_subcenters']!r}.")
   if merged.memory_size and merged.loss not in MEMORY_LOSSES:
     raise ValueError(f"config.memory_size needs a loss with a memory form, one of "
                      f"{MEMORY_LOSSES}; got loss {merged.loss!r}.")
@@ -587,7 +595,9 @@ def loss_spec(config) -> LossSpec:
       confidence="gaussian" if config.confidence.startswith("gaussian") else config.confidence,
       confidence_weight=config.confidence_weight,
       confidence_embedding_gradient=config.confidence_embedding_gradient,
-      options=tuple(sorted(dict(config.loss_options).items())),
+      # Integers where the loss needs a static Python int.
+      options=tuple(sorted((key, int(value) if key == "num_subcenters" else value)
+                           for key, value in dict(config.loss_options).items())),
       memory_size=config.memory_size)
 
 
@@ -630,16 +640,37 @@ def create_train_state(model, tx: optax.GradientTransformation, key: jax.Array,
 embed_dataset = engine.embed
 
 
+def num_proxies(config, num_classes: int) -> int | None:
+  """The learned proxies of the config's loss in the model's head (``None``: none)."""
+  if config.loss not in PROXY_LOSSES:
+    return None
+  return num_classes * int(dict(config.loss_options).get("num_subcenters", 1) if
+                           config.loss == "subcenter_arcface" else 1)
+
+
 def prototypes(state: TrainState) -> np.ndarray:
   """The class prototypes a model is evaluated by: its unit proxies, else the EMA centroids.
+
+  With several sub-center proxies per class (sub-center ArcFace, ``K * S``
+  rows), each class keeps its dominant sub-center, here the one closest to
+  the class's EMA centroid (the direction of its recent training
+  embeddings); Deng et al. keep the dominant sub-center too and treat the
+  others as absorbing noisy samples.
 
   Returns:
     ``(K, D)`` NumPy array on the host.
   """
+  centroids = sharding.to_host(state.extras["centroids"])
   head = state.params.get("head", {})
-  if "proxies" in head:
-    return np.asarray(geometry.l2_normalize(jnp.asarray(sharding.to_host(head["proxies"]))))
-  return sharding.to_host(state.extras["centroids"])
+  if "proxies" not in head:
+    return centroids
+  proxies = np.asarray(geometry.l2_normalize(jnp.asarray(sharding.to_host(head["proxies"]))))
+  num_classes = centroids.shape[0]
+  if proxies.shape[0] == num_classes:
+    return proxies
+  grouped = proxies.reshape(num_classes, proxies.shape[0] // num_classes, -1)
+  dominant = np.argmax(np.einsum("ksd,kd->ks", grouped, centroids), axis=1)
+  return grouped[np.arange(num_classes), dominant]
 
 
 def nearest_centroid(embeddings, centroids, metric: geometry.Metric = "great_circle"):
@@ -927,7 +958,7 @@ def _run(run: engine.Run) -> dict[str, Any]:
   weights = (data_lib.class_weights(train.labels, num_classes)[train.labels]
              if config.class_weighting else None)
   model = builders.make_model(config, num_classes, train.images,
-                              num_proxies=num_classes if config.loss in PROXY_LOSSES else None)
+                              num_proxies=num_proxies(config, num_classes))
   state = create_train_state(model, builders.make_optimizer(config, num_train_steps),
                              jax.random.PRNGKey(config.seed), train.images[:1], num_classes,
                              memory_size=config.memory_size)

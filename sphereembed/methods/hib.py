@@ -8,7 +8,9 @@ then evaluates it with the verification protocol of
 and corrupted; kNN; uncertainty correlations) and draws its figures.
 
 Training. Class-balanced P x K batches (:class:`~sphereembed.data.ClassBalancedSampler`,
-``classes_per_batch`` x ``samples_per_class`` images of the seen classes) ->
+``classes_per_batch`` x ``samples_per_class`` images of the seen classes; a
+``train_corruption`` share of the training images occluded as the corrupted
+test images are, :func:`~sphereembed.data.ndigit.corrupt_train`) ->
 pairs of the batch (:func:`~sphereembed.data.pairs.sample_pairs` with a
 ``positive_fraction`` share of positives, or :func:`~sphereembed.data.pairs.all_pairs`)
 -> :func:`~sphereembed.losses.vib_match_loss` with ``num_samples`` (K)
@@ -70,9 +72,16 @@ def _fields() -> ml_collections.ConfigDict:
   config.data_seed = 0  # the class split and the images: the same for every training seed
   config.num_train = 100_000
   config.num_test = 10_000
+  # 100: a test set whose classes would get fewer images keeps num_test // 100 random classes
+  # (the reference generator's min_num_instance_per_number; N = 3: 100 of the 300 unseen
+  # numbers, as in its standard N = 3 test sets). 0: every class (see sphereembed.data.ndigit).
+  config.min_test_images_per_class = 0
   # The share of training images occluded as the corrupted test images are
   # (sphereembed.data.ndigit.corrupt_train; fixed per image): 0 trains on clean images only.
   config.train_corruption = 0.0
+  # (min, max) height and width in pixels of the occluding boxes, of the 28 x 28 digit (both
+  # the corrupted test sets and train_corruption); smaller is a milder corruption.
+  config.occlusion_size = (10, 20)
 
   # Model: C = num_components (0 = point embedding), D = embedding_dim.
   config.num_components = 1
@@ -122,7 +131,8 @@ _POSITIVE = ("num_digits", "num_train", "num_test", "embedding_dim", "kernel_siz
              "classes_per_batch", "samples_per_class", "num_pairs", "num_samples",
              "num_train_steps", "learning_rate", "eval_num_samples", "pairs_per_image", "knn_k",
              "uncertainty_bins", "match_a_init")
-_NON_NEGATIVE = ("data_seed", "num_components", "hidden", "beta", "eval_seed")
+_NON_NEGATIVE = ("data_seed", "num_components", "hidden", "beta", "eval_seed",
+                 "min_test_images_per_class")
 
 
 def _validate(merged) -> None:
@@ -131,6 +141,11 @@ def _validate(merged) -> None:
   if not 0 <= merged.train_corruption <= 1:
     raise ValueError(f"config.train_corruption must lie in [0, 1], got "
                      f"{merged.train_corruption}.")
+  size = tuple(merged.occlusion_size)
+  if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in size) or not (
+      1 <= size[0] <= size[1] <= 28):
+    raise ValueError(f"config.occlusion_size must be (min, max) pixels with 1 <= min <= max <= "
+                     f"28, got {merged.occlusion_size}.")
   if not 0 <= merged.positive_fraction <= 1:
     raise ValueError(f"config.positive_fraction must lie in [0, 1], got "
                      f"{merged.positive_fraction}.")
@@ -289,9 +304,11 @@ def _run(run: engine.Run) -> dict[str, Any]:
   config, mesh = run.config, run.mesh
   data = ndigit.load_ndigit_mnist(
       config.num_digits, seed=config.data_seed, num_train=config.num_train,
-      num_test=config.num_test, data_dir=config.data_dir or None,
-      cache_dir=config.cache_dir or None)
-  train = ndigit.corrupt_train(data, config.train_corruption)
+      num_test=config.num_test, occlusion_size=tuple(config.occlusion_size),
+      min_test_images_per_class=config.min_test_images_per_class,
+      data_dir=config.data_dir or None, cache_dir=config.cache_dir or None)
+  low, high = config.occlusion_size
+  train = ndigit.corrupt_train(data, config.train_corruption, min_size=low, max_size=high)
   sampler = builders.make_sampler(config, train.labels)
   batch_size, batch_source = builders.global_batch_size(config, sampler, len(train))
   state = create_hib_state(make_model(config),

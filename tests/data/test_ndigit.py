@@ -209,6 +209,42 @@ def test_occlusion_boxes_and_occlude():
     ndigit.occlusion_boxes(1, (28, 57), 2, rng)
 
 
+def test_occlusion_size_sets_the_boxes_of_the_corrupted_test_sets(data):
+  mild = _build(occlusion_size=(4, 6))
+  # The clean sets do not depend on the occlusion; the corrupted ones do.
+  np.testing.assert_array_equal(mild.test_unseen.images, data.test_unseen.images)
+  np.testing.assert_array_equal(mild.train.images, data.train.images)
+  for clean, corrupted in ((mild.test_seen, mild.test_seen_corrupted),
+                           (mild.test_unseen, mild.test_unseen_corrupted)):
+    changed = clean.images[..., 0] != corrupted.images[..., 0]
+    rows, cols = changed.any(axis=2).sum(axis=1), changed.any(axis=1).sum(axis=1)
+    assert rows.max() <= 6 and cols.max() <= 6 and (rows > 0).mean() > 0.99
+  default = data.test_unseen_corrupted.images != data.test_unseen.images
+  assert default.any(axis=2).sum(axis=1).max() > 6  # the default boxes are larger
+  for bad in ((0, 5), (8, 5), (5,)):
+    with pytest.raises(ValueError, match="occlusion"):
+      _build(occlusion_size=bad)
+
+
+def test_min_test_images_per_class_trims_the_test_classes_as_the_reference(data):
+  # N = 3, 600 test images: 2 per unseen class, below 20, so 600 // 20 = 30 classes of 20.
+  trimmed = _build(3, num_test=600, min_test_images_per_class=20)
+  full = _build(3, num_test=600)
+  for name, classes in (("seen", trimmed.seen_classes), ("unseen", trimmed.unseen_classes)):
+    labels, counts = np.unique(trimmed.test_set(name).labels, return_counts=True)
+    assert len(labels) == 30 and np.all(counts == 20), name
+    assert set(labels) <= set(classes.tolist())
+    np.testing.assert_array_equal(trimmed.test_set(f"{name}_corrupted").labels,
+                                  trimmed.test_set(name).labels)
+    assert len(np.unique(full.test_set(name).labels)) == min(len(classes), 600)
+  np.testing.assert_array_equal(trimmed.train.images, full.train.images)
+  assert not set(trimmed.test_unseen.labels.tolist()) & set(trimmed.train.labels.tolist())
+  # Enough images per class (N = 2: 20 per unseen class): nothing changes.
+  np.testing.assert_array_equal(_build(min_test_images_per_class=20).test_unseen.images,
+                                data.test_unseen.images)
+  assert len(np.unique(_build(min_test_images_per_class=21).test_unseen.labels)) == 600 // 21
+
+
 def test_corrupt_train_occludes_a_fixed_share_of_the_training_images(data):
   assert ndigit.corrupt_train(data, 0.0) is data.train
   train = ndigit.corrupt_train(data, 0.3)
@@ -274,6 +310,13 @@ def test_cache_round_trip(tmp_path):
   # Other arguments are another file, and they need MNIST again.
   with pytest.raises(DataNotFoundError):
     ndigit.load_ndigit_mnist(2, **{**kwargs, "seed": 3})
+  with pytest.raises(DataNotFoundError):
+    ndigit.load_ndigit_mnist(2, **kwargs, occlusion_size=(4, 6))
+  with pytest.raises(DataNotFoundError):
+    ndigit.load_ndigit_mnist(2, **kwargs, min_test_images_per_class=100)
+  # The default occlusion spelled out is the same file (caches of earlier versions stay valid).
+  ndigit.load_ndigit_mnist(2, **kwargs, occlusion_size=(10, 20))
+  assert os.listdir(tmp_path / "cache") == files
 
 
 # ----------------------------------------------------------------------------- real MNIST

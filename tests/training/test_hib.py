@@ -183,6 +183,11 @@ def test_verification_pairs_reject_bad_input(labels, count, match):
     ({"positive_fraction": 1.5}, "positive_fraction"),
     ({"train_corruption": -0.5}, "train_corruption"),
     ({"train_corruption": 1.5}, "train_corruption"),
+    ({"occlusion_size": (0, 10)}, "occlusion_size"),
+    ({"occlusion_size": (12, 10)}, "occlusion_size"),
+    ({"occlusion_size": (10, 29)}, "occlusion_size"),
+    ({"occlusion_size": (10,)}, "occlusion_size"),
+    ({"min_test_images_per_class": -1}, "min_test_images_per_class"),
 ])
 def test_validate_config_rejects_bad_fields(bad, match):
   with pytest.raises(ValueError, match=match):
@@ -297,21 +302,32 @@ def test_resuming_with_another_config_is_refused(straight_run):
     train_and_evaluate(other, workdir)
 
 
-def test_train_corruption_trains_on_occluded_images(straight_run, tmp_path, monkeypatch):
+def test_corruption_and_test_class_options_reach_the_run(straight_run, tmp_path, monkeypatch):
   config, _, straight = straight_run
-  shares = []
+  shares, sizes, test_classes = [], [], []
   real = hib.ndigit.corrupt_train
 
   def recording(data, fraction, **occlusion):
     train = real(data, fraction, **occlusion)
-    shares.append(np.mean((train.images != data.train.images).any(axis=(1, 2, 3))))
+    changed = train.images[..., 0] != data.train.images[..., 0]
+    shares.append(np.mean(changed.any(axis=(1, 2))))
+    sizes.append(max(changed.any(axis=2).sum(axis=1).max(), changed.any(axis=1).sum(axis=1).max()))
+    # The test sets' boxes follow the same config.occlusion_size.
+    test = data.test_unseen_corrupted.images[..., 0] != data.test_unseen.images[..., 0]
+    sizes.append(test.any(axis=1).sum(axis=1).max())
+    test_classes.append(len(np.unique(data.test_unseen.labels)))
     return train
 
   monkeypatch.setattr(hib.ndigit, "corrupt_train", recording)
   config = config.copy_and_resolve_references()
   config.train_corruption = 1.0
+  config.occlusion_size = (3, 5)
+  # 200 test images: 6 per unseen class, below 10: 200 // 10 = 20 classes are kept.
+  config.min_test_images_per_class = 10
   corrupted = train_and_evaluate(config, str(tmp_path))
   assert len(shares) == 1 and shares[0] > 0.95
+  assert 3 <= min(sizes) and max(sizes) <= 5
+  assert test_classes == [20]
   # Other training images: another model (the test sets are the same).
   assert corrupted["match_a"] != straight["match_a"]
   assert json.loads((tmp_path / "config.json").read_text())["train_corruption"] == 1.0

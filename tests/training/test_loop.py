@@ -129,6 +129,8 @@ def test_balanced_sampler_and_class_weighting_run(fake_dir, tmp_path):
     ({"loss": "circle", "loss_options": {"gamma": "big"}}, "must be a number"),
     ({"loss": "cosface", "loss_options": 3.0}, "must be of type ConfigDict"),
     ({"loss": "ncl", "memory_size": 64}, "memory form"),
+    ({"loss": "subcenter_arcface", "loss_options": {"num_subcenters": 0}}, "positive integer"),
+    ({"loss": "subcenter_arcface", "loss_options": {"num_subcenters": 2.5}}, "positive integer"),
     ({"loss": "proxy_anchor", "confidence": "vmf"}, "evaluated by its proxies"),
 ])
 def test_validate_config_rejects_bad_fields(bad, match):
@@ -187,23 +189,31 @@ def test_checkpoints_of_the_earlier_layout_are_refused(fake_dir, tmp_path):
     train_and_evaluate(small_config(fake_dir), str(tmp_path))
 
 
-def test_proxy_loss_run_is_evaluated_by_its_proxies_and_saved(fake_dir, tmp_path):
+@pytest.mark.parametrize("loss, options, per_class", [
+    ("proxy_anchor", {"margin": 0.1, "alpha": 32.0}, 1),
+    ("subcenter_arcface", {"num_subcenters": 2, "scale": 16.0}, 2)])
+def test_proxy_loss_run_is_evaluated_by_its_proxies_and_saved(fake_dir, tmp_path, loss, options,
+                                                               per_class):
   from sphereembed import geometry, inference
-  config = small_config(fake_dir, loss="proxy_anchor", embedding_dim=8, figures=False,
+  config = small_config(fake_dir, loss=loss, embedding_dim=8, figures=False,
                         tensorboard=False, validation_examples=40)
-  config.loss_options = {"margin": 0.1, "alpha": 32.0}
+  config.loss_options = options
   metrics = train_and_evaluate(config, str(tmp_path))
   assert metrics["test_accuracy"] > 0.6, metrics
   assert 0 <= metrics["test_accuracy_centroids"] <= 1
   step, arrays = _final_arrays(str(tmp_path))
-  proxies = np.asarray(arrays["params"]["head"]["proxies"])
-  assert proxies.shape == (10, 8)  # MNIST's ten classes (four appear in the fake data)
+  proxies = np.asarray(geometry.l2_normalize(np.asarray(arrays["params"]["head"]["proxies"])))
+  # MNIST's ten classes (four appear in the fake data), per_class proxies each.
+  assert proxies.shape == (10 * per_class, 8)
   model = inference.load_model(str(tmp_path))
-  # The saved prototypes are the unit proxies, the classes' directions the loss trained.
-  np.testing.assert_allclose(model.centroids, np.asarray(geometry.l2_normalize(proxies)),
-                             atol=1e-6)
+  # The saved prototypes are unit proxies (a sub-center of each class), the directions the
+  # loss trained.
+  assert model.centroids.shape == (10, 8)
+  for k in range(10):
+    rows = proxies[k * per_class:(k + 1) * per_class]
+    assert np.min(np.abs(rows - model.centroids[k]).max(axis=1)) < 1e-6, k
   with open(tmp_path / "config.json") as f:
-    assert json.load(f)["loss_options"] == {"alpha": 32.0, "margin": 0.1}
+    assert json.load(f)["loss_options"] == options
 
 
 def test_memory_run_resumes_with_its_memory(fake_dir, tmp_path):

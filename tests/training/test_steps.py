@@ -23,8 +23,9 @@ def _problem(num_classes=4, per_class=8, seed=0):
 
 
 def _state(dim=8, num_classes=4, head=False, lr=3e-3, proxies=False, memory_size=0):
+  """``proxies``: True for one per class, or the number of proxies per class."""
   model = SmallCNN(dim, num_classes if head else None, features=(4, 8), hidden=16,
-                   num_proxies=num_classes if proxies else None)
+                   num_proxies=num_classes * int(proxies) if proxies else None)
   return create_train_state(model, optax.adam(lr), jax.random.PRNGKey(0),
                             jnp.zeros((1, 28, 28, 1), jnp.uint8), num_classes,
                             memory_size=memory_size)
@@ -34,7 +35,9 @@ def _state(dim=8, num_classes=4, head=False, lr=3e-3, proxies=False, memory_size
 def test_train_step_lowers_the_loss(loss):
   batch = _problem()
   spec = LossSpec(name=loss, margin=1.0)
-  state = _state(head=loss == "softmax", proxies=loss in PROXY_LOSSES)
+  # Sub-center ArcFace: its default 3 sub-centers per class.
+  state = _state(head=loss == "softmax",
+                 proxies=(3 if loss == "subcenter_arcface" else loss in PROXY_LOSSES))
   first = None
   for _ in range(25):
     state, metrics = train_step(state, batch, spec)
@@ -281,3 +284,22 @@ def test_triplet_memory_step_mines_the_memory():
                                     metric="euclidean")
   _, metrics = train_step(state, batch, spec)
   np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
+
+
+def test_subcenter_prototypes_are_the_dominant_subcenters():
+  from sphereembed.methods.centroid import prototypes
+  state = _state(proxies=3)
+  proxies = np.asarray(state.params["head"]["proxies"])
+  assert proxies.shape == (12, 8)
+  unit = proxies / np.linalg.norm(proxies, axis=1, keepdims=True)
+  # Centroids on sub-centers 2, 0, 1, 2 of the four classes (rows k * 3 + s).
+  chosen = np.array([2, 0, 1, 2])
+  state = state.with_extras(centroids=jnp.asarray(unit[np.arange(4) * 3 + chosen]))
+  np.testing.assert_allclose(prototypes(state), unit[np.arange(4) * 3 + chosen], atol=1e-6)
+  # One proxy per class: the unit proxies themselves; none: the EMA centroids.
+  single = _state(proxies=True)
+  one = np.asarray(single.params["head"]["proxies"])
+  np.testing.assert_allclose(prototypes(single), one / np.linalg.norm(one, axis=1, keepdims=True),
+                             atol=1e-6)
+  plain = _state()
+  np.testing.assert_array_equal(prototypes(plain), np.asarray(plain.extras["centroids"]))

@@ -24,7 +24,10 @@ MNIST; every choice below is ours where the paper is silent.
   (and Kendall's tau) between ``eta`` and each image's AP and kNN
   correctness (negative: useful), and the binned view: ``uncertainty_bins``
   equal-count bins of ``eta``, rho between the bins' means. A point
-  embedding has a constant ``eta``: its correlations are NaN.
+  embedding has a constant ``eta``: its correlations are NaN. Sign: the
+  paper prints its correlations as positive numbers for "more uncertain,
+  worse"; ours keep the sign of rho(eta, performance), so the same finding
+  reads negative here (compare magnitudes).
 
 Figures (:func:`write_figures`, through :mod:`sphereembed.plotting`):
 ``embeddings_hib.png``, ``uncertain_images.png``, ``uncertainty_bins.png``.
