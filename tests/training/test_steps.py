@@ -303,3 +303,26 @@ def test_subcenter_prototypes_are_the_dominant_subcenters():
                              atol=1e-6)
   plain = _state()
   np.testing.assert_array_equal(prototypes(plain), np.asarray(plain.extras["centroids"]))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_proxy_learning_rate_multiplier_scales_the_proxies_updates_only(optimizer):
+  from sphereembed import methods
+  from sphereembed.training import builders
+  params = {"head": {"proxies": jnp.ones((3, 2)), "projection": {"kernel": jnp.ones((4, 2))}}}
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+
+  def updates(multiplier):
+    config = methods.validate_config({"loss": "proxy_anchor", "optimizer": optimizer,
+                                      "proxy_learning_rate_multiplier": multiplier})
+    tx = builders.make_optimizer(config, 100)
+    state = tx.init(params)
+    for _ in range(12):  # past the warm-up's first steps, where the rate is 0
+      update, state = tx.update(grads, state, params)
+    return update
+
+  plain, fast = updates(1.0), updates(10.0)
+  np.testing.assert_allclose(fast["head"]["proxies"], 10 * plain["head"]["proxies"], rtol=1e-5)
+  np.testing.assert_allclose(fast["head"]["projection"]["kernel"],
+                             plain["head"]["projection"]["kernel"], rtol=1e-6)
+  assert float(jnp.abs(plain["head"]["proxies"]).max()) > 0
