@@ -12,8 +12,10 @@ Change either with --config.loss_options.NAME=VALUE.
 Command (from the repository root):
   python -m experiments.mnist --config=configs/cosface_2d.py [--config.dataset=fashion_mnist]
 
-Results against NCL, triplet and contrastive (accuracy, OOD AUROC, ECE; 3 seeds):
-docs/results/mnist.rst.
+Measured (seed 0, 2-core CPU, jax 0.10.2, the comparison's protocol: 5,000 validation images, the
+other dataset as OOD): nearest-proxy test accuracy 98.19% on MNIST, 80.83% on
+Fashion-MNIST.
+Against NCL, triplet and contrastive (accuracy, OOD AUROC, ECE): docs/results/mnist.rst.
 """
 
 from sphereembed.methods import default_config

@@ -8,8 +8,10 @@ listed so that one can be changed from the command line (--config.loss_options.N
 Command (from the repository root):
   python -m experiments.mnist --config=configs/multi_similarity_2d.py [--config.dataset=fashion_mnist]
 
-Results against NCL, triplet and contrastive (accuracy, OOD AUROC, ECE; 3 seeds):
-docs/results/mnist.rst.
+Measured (seed 0, 2-core CPU, jax 0.10.2, the comparison's protocol: 5,000 validation images, the
+other dataset as OOD): nearest-centroid test accuracy 75.68% on MNIST, 65.41% on
+Fashion-MNIST. In 2-D classes merged on the circle in both runs.
+Against NCL, triplet and contrastive (accuracy, OOD AUROC, ECE): docs/results/mnist.rst.
 """
 
 from sphereembed.methods import default_config
