@@ -111,7 +111,7 @@ def test_classifier_head_and_embed_dataset_padding():
 
 def test_loss_spec_rejects_bad_values():
   with pytest.raises(ValueError, match="Unknown loss"):
-    LossSpec(name="arcface")
+    LossSpec(name="sphereface")
   with pytest.raises(ValueError, match="Unknown metric"):
     LossSpec(metric="manhattan")
   with pytest.raises(ValueError, match="EMA schedule"):
