@@ -7,8 +7,9 @@ NT-Xent, the siamese cosine loss, softmax, the proxy losses
 Proxy-NCA, with learned proxies in the model's head) and the pair-weighting
 losses (multi-similarity, circle, lifted structure); the triplet, contrastive
 and pair-weighting losses optionally against a cross-batch memory,
-``config.memory_size``), optionally plus a confidence negative log-likelihood (a vMF ``kappa`` or Gaussian ``sigma`` head, around
-the current centroids) and a classifier cross-entropy, and moves the class
+``config.memory_size``), optionally plus a confidence negative
+log-likelihood (a vMF ``kappa`` or Gaussian ``sigma`` head, around the
+current centroids) and a classifier cross-entropy, and moves the class
 centroids by an EMA of the batch's class means: explicit state in the train
 state's extras (``state.extras["centroids"]``), so every loss is evaluated by
 nearest centroid; the proxy losses by their nearest proxy (the EMA
@@ -76,6 +77,13 @@ __all__ = [
     "train_step",
 ]
 
+# The triplet and contrastive losses (config.margin and config.metric).
+_METRIC_LOSSES: dict[str, Callable] = {
+    "triplet_batch_hard": losses.triplet_batch_hard,
+    "triplet_semi_hard": losses.triplet_semi_hard,
+    "triplet_batch_all": losses.triplet_batch_all,
+    "contrastive": losses.contrastive,
+}
 # The losses with learned class proxies (params["head"]["proxies"]: one per class, or
 # num_subcenters per class for subcenter_arcface).
 _PROXY_LOSSES: dict[str, Callable] = {
@@ -99,9 +107,10 @@ LOSSES: tuple[str, ...] = (
 
 #: The losses with learned class proxies in the model's head.
 PROXY_LOSSES: tuple[str, ...] = tuple(_PROXY_LOSSES)
+# The losses with a reference form (sphereembed.memory.memory_loss).
+_MEMORY_LOSS_FNS: dict[str, Callable] = {**_METRIC_LOSSES, **_PAIR_WEIGHTING_LOSSES}
 #: The losses that can score the batch against a cross-batch memory (``config.memory_size``).
-MEMORY_LOSSES: tuple[str, ...] = ("triplet_batch_hard", "triplet_semi_hard", "triplet_batch_all",
-                                   "contrastive", *_PAIR_WEIGHTING_LOSSES)
+MEMORY_LOSSES: tuple[str, ...] = tuple(_MEMORY_LOSS_FNS)
 # The keyword arguments of config.loss_options: each loss's hyper-parameters (their
 # defaults are the loss's own, pytorch-metric-learning's).
 _LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -115,12 +124,6 @@ _LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
 
 CONFIDENCE_LOSSES: tuple[str, ...] = ("", "vmf", "gaussian")
 
-_METRIC_LOSSES: dict[str, Callable] = {
-    "triplet_batch_hard": losses.triplet_batch_hard,
-    "triplet_semi_hard": losses.triplet_semi_hard,
-    "triplet_batch_all": losses.triplet_batch_all,
-    "contrastive": losses.contrastive,
-}
 
 
 # ----------------------------------------------------------------------------
@@ -297,8 +300,8 @@ def _validate(merged) -> None:
       if isinstance(value, bool) != (key == "mine") or not isinstance(value, (int, float)):
         raise ValueError(f"config.loss_options.{key} must be "
                          f"{'a bool' if key == 'mine' else 'a number'}, got {value!r}.")
-    if options.get("num_subcenters", 1) != int(options.get("num_subcenters", 1)) or (
-        options.get("num_subcenters", 1) < 1):
+    subcenters = options.get("num_subcenters", 1)
+    if subcenters != int(subcenters) or subcenters < 1:
       raise ValueError(f"config.loss_options.num_subcenters must be a positive integer, got "
                        f"{options['num_subcenters']!r}.")
   if merged.memory_size and merged.loss not in MEMORY_LOSSES:
@@ -479,9 +482,8 @@ def _loss_terms(spec: LossSpec, outputs, labels, centroids, alpha, weights, prox
   elif memory is not None:
     if spec.name in _METRIC_LOSSES:
       options = dict(margin=spec.margin, metric=spec.metric)
-    terms[spec.name] = memory_lib.memory_loss(
-        {**_METRIC_LOSSES, **_PAIR_WEIGHTING_LOSSES}[spec.name], embeddings, labels, memory,
-        weights=weights, **options)
+    terms[spec.name] = memory_lib.memory_loss(_MEMORY_LOSS_FNS[spec.name], embeddings, labels,
+                                              memory, weights=weights, **options)
   elif spec.name in _PAIR_WEIGHTING_LOSSES:
     terms[spec.name] = _PAIR_WEIGHTING_LOSSES[spec.name](embeddings, labels, weights=weights,
                                                          **options)
@@ -539,6 +541,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: LossSpec = 
     embeddings stay on the sphere).
   """
   rng, dropout_key = jax.random.split(state.rng)
+  memory = memory_lib.Memory(**state.extras["memory"]) if spec.memory_size else None
   labels = batch["label"]
   alpha = jnp.where(
       state.step < spec.centroid_warmup_steps, 0.0,
@@ -559,8 +562,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: LossSpec = 
                         proxies=params["head"]["proxies"] if spec.uses_proxies else None,
                         memory=memory)
     return sum(terms.values()), (terms, outputs, batch_stats)
-
-  memory = (memory_lib.Memory(**state.extras["memory"]) if spec.memory_size else None)
 
   (loss, (terms, outputs, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
