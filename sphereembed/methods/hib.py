@@ -119,6 +119,9 @@ def _fields() -> ml_collections.ConfigDict:
   config.uncertainty_bins = 10
   config.eval_seed = 0
   config.eval_batch_size = 500
+  # Also evaluate every this many steps (the learning curve of every metric in metrics.jsonl);
+  # 0: only after the last step.
+  config.eval_every_steps = 0
   return config
 
 
@@ -132,7 +135,7 @@ _POSITIVE = ("num_digits", "num_train", "num_test", "embedding_dim", "kernel_siz
              "num_train_steps", "learning_rate", "eval_num_samples", "pairs_per_image", "knn_k",
              "uncertainty_bins", "match_a_init")
 _NON_NEGATIVE = ("data_seed", "num_components", "hidden", "beta", "eval_seed",
-                 "min_test_images_per_class")
+                 "min_test_images_per_class", "eval_every_steps")
 
 
 def _validate(merged) -> None:
@@ -320,10 +323,16 @@ def _run(run: engine.Run) -> dict[str, Any]:
       local = indices[rows]
       yield {"image": train.images[local], "label": train.labels[local]}
 
+  def evaluate(state):
+    result, _ = verification.evaluate(
+        lambda images: embed_images(state, images, config.eval_batch_size, mesh), data, config)
+    return {k: float(v) for k, v in result.items() if not isinstance(v, str)}  # not headline_set
+
   state = engine.run_phase(run, "train", state,
                            functools.partial(train_step, spec=loss_spec(config)),
                            num_steps=config.num_train_steps, batches=batches,
-                           batch_size=batch_size, batch_size_source=batch_source)
+                           batch_size=batch_size, batch_size_source=batch_source,
+                           evaluate=evaluate, evaluate_every=config.eval_every_steps)
   embed = lambda images: embed_images(state, images, config.eval_batch_size, mesh)
   result, arrays = verification.evaluate(embed, data, config)
   params = sharding.to_host(state.params)
@@ -350,4 +359,4 @@ def _run(run: engine.Run) -> dict[str, Any]:
 
 register(Method(
     name="hib", fields=_fields, run=_run, validate=_validate, choices=_CHOICES,
-    positive=_POSITIVE, non_negative=_NON_NEGATIVE, resume_safe=frozenset({"cache_dir"})))
+    positive=_POSITIVE, non_negative=_NON_NEGATIVE, resume_safe=frozenset({"cache_dir", "eval_every_steps"})))

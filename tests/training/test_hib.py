@@ -18,6 +18,7 @@ from sphereembed.evaluation.protocols import verification
 from sphereembed.methods import hib
 from sphereembed.models.hib import HIBEmbedding, inverse_softplus
 from sphereembed.runner import train_and_evaluate
+from sphereembed.training import metric_writers
 from tests.training.fake_data import write_fake_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -188,6 +189,7 @@ def test_verification_pairs_reject_bad_input(labels, count, match):
     ({"occlusion_size": (10, 29)}, "occlusion_size"),
     ({"occlusion_size": (10,)}, "occlusion_size"),
     ({"min_test_images_per_class": -1}, "min_test_images_per_class"),
+    ({"eval_every_steps": -2}, "eval_every_steps"),
 ])
 def test_validate_config_rejects_bad_fields(bad, match):
   with pytest.raises(ValueError, match=match):
@@ -293,6 +295,23 @@ def test_interrupted_run_resumes_to_the_same_result(straight_run, tmp_path, monk
   for key in ("verification_ap_clean", "knn_accuracy_corrupted", "eta_mean_clean", "match_a",
               "match_b"):
     assert resumed[key] == straight[key], key
+
+
+def test_periodic_evaluation_records_a_curve_and_leaves_training_alone(straight_run, tmp_path):
+  config, _, straight = straight_run
+  config = config.copy_and_resolve_references()
+  config.eval_every_steps = 2
+  result = train_and_evaluate(config, str(tmp_path))
+  for key in ("verification_ap_clean", "knn_accuracy_corrupted", "match_a", "final_train_loss"):
+    assert result[key] == straight[key], key
+  records = metric_writers.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  curve = {r["step"]: r for r in records if "knn_accuracy_corrupted" in r}
+  # Steps 2 and 4; the last step's evaluation is the run's final one.
+  assert sorted(curve) == [2, 4, 6]
+  assert curve[6]["verification_ap_clean"] == straight["verification_ap_clean"]
+  assert all(np.isfinite(curve[s]["unseen/clean/verification_ap"]) for s in (2, 4))
+  # The model changes between the evaluations.
+  assert curve[2]["unseen/clean/eta_mean"] != curve[4]["unseen/clean/eta_mean"]
 
 
 def test_resuming_with_another_config_is_refused(straight_run):
