@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
+from scipy import stats
 
 import optax
 
@@ -158,6 +160,56 @@ def test_verification_pairs_are_balanced_valid_and_deterministic():
   np.testing.assert_array_equal(partners, again)
   # Both other members of the two-image class... only the one other image exists.
   assert np.all(partners[0, :3] == 1) and np.all(partners[1, :3] == 0)
+
+
+class _TwoSets:
+  """Just what the protocol reads of N-digit MNIST: the clean and occluded unseen test sets."""
+
+  def __init__(self, clean, corrupted, labels):
+    split = lambda images: type("Split", (), {"images": images, "labels": labels})()
+    self._sets = {"unseen": split(clean), "unseen_corrupted": split(corrupted)}
+
+  def test_set(self, name):
+    return self._sets[name]
+
+
+@pytest.mark.parametrize("stochastic", [True, False])
+def test_occlusion_response_against_a_hand_computed_reference(stochastic):
+  # "Images" that are their own embeddings: pixel row (x, y, sigma).
+  rng = np.random.default_rng(3)
+  labels = np.repeat(np.arange(4), 3)
+  clean = np.concatenate([rng.normal(size=(12, 2)) + 4 * labels[:, None],
+                          rng.uniform(0.1, 0.5, (12, 1))], axis=1)
+  corrupted = clean + np.concatenate([rng.normal(size=(12, 2)), rng.normal(0, 0.05, (12, 1))], 1)
+
+  def embed(images):
+    rows = np.asarray(images)[:, 0, :, 0]
+    out = {"means": rows[:, None, :2], "match_a": np.float32(1.0), "match_b": np.float32(0.0)}
+    if stochastic:
+      out["log_sigmas"] = np.log(np.repeat(rows[:, None, 2:], 2, axis=-1))
+    return out
+
+  config = ml_collections.ConfigDict(dict(
+      eval_sets=("unseen",), eval_num_samples=2, pairs_per_image=2, knn_k=1, uncertainty_bins=2,
+      eval_seed=0))
+  data = _TwoSets(clean[:, None, :, None], corrupted[:, None, :, None], labels)
+  metrics, _ = verification.evaluate(embed, data, config)
+  shift = [np.hypot(*(corrupted[i, :2] - clean[i, :2])) for i in range(12)]
+  class_means = [clean[labels == c, :2].mean(axis=0) for c in range(4)]
+  spacing = [min(np.linalg.norm(class_means[c] - class_means[o]) for o in range(4) if o != c)
+             for c in range(4)]
+  np.testing.assert_allclose(metrics["unseen/corrupted/mean_shift"], np.median(shift), rtol=1e-6)
+  np.testing.assert_allclose(metrics["unseen/corrupted/class_spacing"], np.median(spacing),
+                             rtol=1e-6)
+  if stochastic:
+    growth = corrupted[:, 2] - clean[:, 2]
+    np.testing.assert_allclose(metrics["unseen/corrupted/sigma_ratio"],
+                               np.median(corrupted[:, 2] / clean[:, 2]), rtol=1e-5)
+    assert metrics["unseen/corrupted/sigma_grows_share"] == np.mean(growth > 0)
+    np.testing.assert_allclose(metrics["unseen/corrupted/sigma_shift_spearman"],
+                               stats.spearmanr(growth, shift)[0], rtol=1e-6)
+  else:
+    assert "unseen/corrupted/sigma_ratio" not in metrics
 
 
 @pytest.mark.parametrize("labels, count, match", [

@@ -28,6 +28,10 @@ MNIST; every choice below is ours where the paper is silent.
   paper prints its correlations as positive numbers for "more uncertain,
   worse"; ours keep the sign of rho(eta, performance), so the same finding
   reads negative here (compare magnitudes).
+* Occlusion response (``corrupted/mean_shift``, ``corrupted/class_spacing``,
+  ``corrupted/sigma_ratio``, ``corrupted/sigma_grows_share``,
+  ``corrupted/sigma_shift_spearman``): how far occlusion moves an image's
+  mean, against the class spacing, and whether its sigma grows with it.
 
 Figures (:func:`write_figures`, through :mod:`sphereembed.plotting`):
 ``embeddings_hib.png``, ``uncertain_images.png``, ``uncertainty_bins.png``.
@@ -188,7 +192,44 @@ def _evaluate_set(embed: Callable, clean, corrupted, config, key,
     arrays[f"{name}_eta"] = eta
     arrays[f"{name}_ap"] = ap_per_image
     arrays[f"{name}_knn"] = knn_correct
+  metrics.update(_occlusion_response(outputs, centres, labels))
   return metrics, arrays
+
+
+def _occlusion_response(outputs: dict[str, Any], centres: dict[str, np.ndarray],
+                        labels: np.ndarray) -> dict[str, float]:
+  """How far occlusion moves each image's embedding, and whether its sigma grows to cover it.
+
+  A hedged embedding should answer occlusion with a larger sigma where the mean moves; these
+  say whether it does (``corrupted/...``): the median distance between an image's clean and
+  occluded mixture means (``mean_shift``) beside the median distance from a class's mean to
+  the nearest other class's (``class_spacing``, clean); for stochastic models also the
+  median ratio of the occluded to the clean sigma (``sigma_ratio``, per image: the mean
+  sigma over components and dimensions), the share of images whose sigma grows
+  (``sigma_grows_share``) and Spearman's rho between the sigma's growth and the mean's
+  shift (``sigma_shift_spearman``).
+  """
+  shift = np.linalg.norm(centres["corrupted"] - centres["clean"], axis=-1)
+  classes, inverse = np.unique(labels, return_inverse=True)
+  out = {"corrupted/mean_shift": float(np.median(shift)), "corrupted/class_spacing": math.nan}
+  if len(classes) > 1:
+    class_means = np.zeros((len(classes), centres["clean"].shape[-1]))
+    np.add.at(class_means, inverse, centres["clean"])
+    class_means /= np.bincount(inverse)[:, None]
+    gaps = np.linalg.norm(class_means[:, None] - class_means[None], axis=-1)
+    np.fill_diagonal(gaps, np.inf)
+    out["corrupted/class_spacing"] = float(np.median(gaps.min(axis=1)))
+  if "log_sigmas" in outputs["clean"]:
+    sigma = {name: np.exp(np.asarray(out_["log_sigmas"], np.float64)).mean(axis=(1, 2))
+             for name, out_ in outputs.items()}
+    growth = sigma["corrupted"] - sigma["clean"]
+    out["corrupted/sigma_ratio"] = float(np.median(sigma["corrupted"] / sigma["clean"]))
+    out["corrupted/sigma_grows_share"] = float(np.mean(growth > 0))
+    try:
+      out["corrupted/sigma_shift_spearman"] = float(evaluation.spearman_rho(growth, shift))
+    except ValueError:
+      out["corrupted/sigma_shift_spearman"] = math.nan  # constant growth or shift
+  return out
 
 
 def evaluate(embed: Callable, data: ndigit.NDigitMnist, config) -> tuple[dict, dict]:
