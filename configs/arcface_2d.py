@@ -8,9 +8,9 @@ listed so that one can be changed from the command line (--config.loss_options.N
 Command (from the repository root):
   python -m experiments.mnist --config=configs/arcface_2d.py [--config.dataset=fashion_mnist]
 
-Measured (seed 0, 2-core CPU, jax 0.10.2, the comparison's protocol: 5,000 validation images, the
-other dataset as OOD): nearest-proxy test accuracy 98.77% on MNIST, 58.86% on
-Fashion-MNIST. On Fashion-MNIST, classes merged on the circle.
+Measured (seeds 0-2, mean ± std, 2-core CPU, jax 0.10.2, the comparison's protocol: 5,000 validation images,
+the other dataset as OOD): nearest-proxy test accuracy 95.57 ± 5.42% on MNIST, 61.66 ± 4.93% on Fashion-MNIST.
+Classes merged on the circle on Fashion-MNIST and in one MNIST seed (89.31%).
 Against NCL, triplet and contrastive (accuracy, OOD AUROC, ECE): docs/results/mnist.rst.
 """
 

@@ -12,9 +12,9 @@ Change either with --config.loss_options.NAME=VALUE.
 Command (from the repository root):
   python -m experiments.mnist --config=configs/cosface_2d.py [--config.dataset=fashion_mnist]
 
-Measured (seed 0, 2-core CPU, jax 0.10.2, the comparison's protocol: 5,000 validation images, the
-other dataset as OOD): nearest-proxy test accuracy 98.19% on MNIST, 80.83% on
-Fashion-MNIST.
+Measured (seeds 0-2, mean ± std, 2-core CPU, jax 0.10.2, the comparison's protocol: 5,000 validation images,
+the other dataset as OOD): nearest-proxy test accuracy 98.32 ± 0.15% on MNIST, 85.85 ± 4.36% on Fashion-MNIST
+(one Fashion-MNIST seed merged classes: 80.83%).
 Against NCL, triplet and contrastive (accuracy, OOD AUROC, ECE): docs/results/mnist.rst.
 """
 

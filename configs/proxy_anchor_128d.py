@@ -8,9 +8,8 @@ listed so that one can be changed from the command line (--config.loss_options.N
 Command (from the repository root):
   python -m experiments.mnist --config=configs/proxy_anchor_128d.py [--config.dataset=fashion_mnist]
 
-Measured (seed 0, 2-core CPU, jax 0.10.2, the comparison's protocol: 5,000 validation images, the
-other dataset as OOD): nearest-proxy test accuracy 99.52% on MNIST, 90.28% on
-Fashion-MNIST.
+Measured (seeds 0-2, mean ± std, 2-core CPU, jax 0.10.2, the comparison's protocol: 5,000 validation images,
+the other dataset as OOD): nearest-proxy test accuracy 99.51 ± 0.01% on MNIST, 90.16 ± 0.17% on Fashion-MNIST.
 Against NCL, triplet and contrastive (accuracy, OOD AUROC, ECE): docs/results/mnist.rst.
 """
 
