@@ -323,9 +323,11 @@ def _run(run: engine.Run) -> dict[str, Any]:
       local = indices[rows]
       yield {"image": train.images[local], "label": train.labels[local]}
 
+  def embedder(state):
+    return lambda images: embed_images(state, images, config.eval_batch_size, mesh)
+
   def evaluate(state):
-    result, _ = verification.evaluate(
-        lambda images: embed_images(state, images, config.eval_batch_size, mesh), data, config)
+    result, _ = verification.evaluate(embedder(state), data, config)
     return {k: float(v) for k, v in result.items() if not isinstance(v, str)}  # not headline_set
 
   state = engine.run_phase(run, "train", state,
@@ -333,8 +335,7 @@ def _run(run: engine.Run) -> dict[str, Any]:
                            num_steps=config.num_train_steps, batches=batches,
                            batch_size=batch_size, batch_size_source=batch_source,
                            evaluate=evaluate, evaluate_every=config.eval_every_steps)
-  embed = lambda images: embed_images(state, images, config.eval_batch_size, mesh)
-  result, arrays = verification.evaluate(embed, data, config)
+  result, arrays = verification.evaluate(embedder(state), data, config)
   params = sharding.to_host(state.params)
   name = _model_name(config.num_components)
   result.update(
@@ -359,4 +360,5 @@ def _run(run: engine.Run) -> dict[str, Any]:
 
 register(Method(
     name="hib", fields=_fields, run=_run, validate=_validate, choices=_CHOICES,
-    positive=_POSITIVE, non_negative=_NON_NEGATIVE, resume_safe=frozenset({"cache_dir", "eval_every_steps"})))
+    positive=_POSITIVE, non_negative=_NON_NEGATIVE,
+    resume_safe=frozenset({"cache_dir", "eval_every_steps"})))
