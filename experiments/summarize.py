@@ -98,34 +98,114 @@ def _finished_runs(workdirs: list[str], key) -> dict:
   return groups
 
 
-# The N = 2, D = 2 numbers (clean verification AP, clean kNN accuracy) of Oh, Murphy, Pan, Roth,
-# Schroff, Gallagher, "Modeling Uncertainty with Hedged Instance Embedding", ICLR 2019.
-PAPER_HIB = {"point": (0.987, 0.871), "MoG-1": (0.989, 0.879), "MoG-2": (0.990, 0.888)}
-_HIB_COLUMNS = ("verification_ap_clean", "verification_ap_corrupted", "knn_accuracy_clean",
-                "knn_accuracy_corrupted", "eta_ap_spearman_clean", "eta_ap_spearman_corrupted",
-                "eta_knn_spearman_clean", "eta_knn_spearman_corrupted")
+# Oh, Murphy, Pan, Roth, Schroff, Gallagher, "Modeling Uncertainty with Hedged Instance Embedding",
+# ICLR 2019: verification AP and kNN accuracy, clean and corrupted, by (N, D) and model.
+PAPER_HIB = {
+    (2, 2): {"point": (0.987, 0.880, 0.871, 0.583), "MoG-1": (0.989, 0.907, 0.879, 0.760),
+             "MoG-2": (0.990, 0.912, 0.888, 0.757)},
+    (2, 3): {"point": (0.996, 0.913, 0.942, 0.874), "MoG-1": (0.996, 0.926, 0.953, 0.909),
+             "MoG-2": (0.996, 0.932, 0.939, 0.885)},
+    (3, 2): {"point": (0.978, 0.886, 0.554, 0.274), "MoG-1": (0.981, 0.899, 0.591, 0.350),
+             "MoG-2": (0.976, 0.904, 0.540, 0.351)},
+    (3, 3): {"point": (0.987, 0.901, 0.795, 0.522), "MoG-1": (0.989, 0.922, 0.770, 0.555),
+             "MoG-2": (0.991, 0.925, 0.766, 0.598)},
+}
+# The same paper's correlations between self-mismatch and performance over bins of self-mismatch,
+# printed positive for "more uncertain, worse": AP and kNN accuracy, clean and corrupted.
+PAPER_HIB_CORRELATIONS = {
+    (2, 2): {"MoG-1": (0.74, 0.81, 0.71, 0.47), "MoG-2": (0.43, 0.79, 0.57, 0.43)},
+    (3, 3): {"MoG-1": (0.51, 0.85, 0.74, 0.67), "MoG-2": (0.39, 0.79, 0.54, 0.34)},
+    (3, 2): {"MoG-1": (0.63, 0.82, 0.76, 0.49), "MoG-2": (0.28, 0.76, 0.29, 0.50)},
+}
+_HIB_CELLS = ("verification_ap_clean", "verification_ap_corrupted", "knn_accuracy_clean",
+              "knn_accuracy_corrupted")
+_HIB_SPEARMAN = ("eta_ap_spearman_clean", "eta_ap_spearman_corrupted", "eta_knn_spearman_clean",
+                 "eta_knn_spearman_corrupted")
+_HIB_BINNED = ("eta_ap_binned_spearman_clean", "eta_ap_binned_spearman_corrupted",
+               "eta_knn_binned_spearman_clean", "eta_knn_binned_spearman_corrupted")
+# Fields that are a HIB row's own label (N, D, model), not a difference between recipes.
+_HIB_LABEL_FIELDS = {"num_digits", "embedding_dim", "num_components", "cache_dir"}
+
+
+def _hib_groups(workdirs: list[str]) -> tuple[list[str], dict]:
+  """HIB runs grouped by (N, D, model) and the other config fields that differ between runs.
+
+  Returns the names of those other fields and ``{(N, D, model, *values): [metrics, ...]}``; a run
+  without a ``config.json`` counts as one with the default recipe.
+  """
+  groups = _finished_runs(workdirs, lambda workdir, _: workdir)
+  configs = {}
+  for workdir in groups:
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        configs[workdir] = json.load(f)
+    else:
+      configs[workdir] = {}
+  ignored = _IGNORED | _HIB_LABEL_FIELDS
+  fields = sorted({k for c in configs.values() for k in c if k not in ignored})
+  varying = [k for k in fields if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
+  rows = collections.defaultdict(list)
+  for workdir, runs in groups.items():
+    result = runs[0][1]
+    components = result["num_components"]
+    model = "point" if components == 0 else f"MoG-{components}"
+    label = (result["num_digits"], result["embedding_dim"], model,
+             *(json.dumps(configs[workdir].get(k)) for k in varying))
+    rows[label].append(result)
+
+  def order(item):
+    digits, dim, model, *values = item[0]
+    return digits, dim, model != "point", model, values  # point first, then MoG-1, MoG-2, ...
+
+  return varying, dict(sorted(rows.items(), key=order))
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def summarize_hib(workdirs: list[str]) -> str:
-  """The HIB table of ``config.method = "hib"`` runs: one row per (N, D, model), mean ± std over seeds."""
-  groups = _finished_runs(workdirs, lambda _, result: (
-      result["num_digits"], result["embedding_dim"], result["num_components"]))
-  header = ["N", "D", "model", *(c.replace("_", " ") for c in _HIB_COLUMNS), "seeds",
-            "train time (s)"]
-  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-  for (digits, dim, components), runs in sorted(groups.items()):
-    runs = [result for _, result in runs]
-    model = "point" if components == 0 else f"MoG-{components}"
-    cells = [str(digits), str(dim), model]
-    for column in _HIB_COLUMNS:
+  """The HIB tables of ``config.method = "hib"`` runs, mean ± std over seeds.
+
+  The first table has one row per (N, D, model) and recipe (the config fields
+  that differ between the runs, seed aside): verification AP and kNN accuracy,
+  clean and corrupted, with Oh et al.'s value in parentheses, and the per-image
+  Spearman correlations of self-mismatch with each image's AP and kNN
+  correctness (negative: more uncertain, worse). The second has the bin-level
+  correlations of the stochastic models (``eta_*_binned_spearman``) with their
+  sign turned to the paper's (positive: more uncertain, worse), the paper's
+  value in parentheses.
+  """
+  varying, groups = _hib_groups(workdirs)
+  header = ["N", "D", "model", *varying, *(c.replace("_", " ") for c in _HIB_CELLS + _HIB_SPEARMAN),
+            "seeds", "train time (s)"]
+  rows, binned_rows = [], []
+  for (digits, dim, model, *values), runs in groups.items():
+    label = [str(digits), str(dim), model, *values]
+    paper = PAPER_HIB.get((digits, dim), {}).get(model)
+    cells = []
+    for i, column in enumerate(_HIB_CELLS):
       cell = _mean_std([r.get(column, np.nan) for r in runs], digits=3)
-      paper = PAPER_HIB.get(model) if (digits, dim) == (2, 2) else None
-      if paper and column in ("verification_ap_clean", "knn_accuracy_clean"):
-        cell += f" ({paper[column.startswith('knn')]:.3f})"
-      cells.append(cell)
-    cells += [str(len(runs)), f"{np.mean([r['train_seconds_this_run'] for r in runs]):.0f}"]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+      cells.append(cell + (f" ({paper[i]:.3f})" if paper and cell != "—" else ""))
+    cells += [_mean_std([r.get(c, np.nan) for r in runs], digits=3) for c in _HIB_SPEARMAN]
+    seconds = np.mean([r.get("train_seconds_this_run", np.nan) for r in runs])
+    rows.append([*label, *cells, str(len(runs)), f"{seconds:.0f}"])
+    if model != "point":
+      paper = PAPER_HIB_CORRELATIONS.get((digits, dim), {}).get(model)
+      cells = []
+      for i, column in enumerate(_HIB_BINNED):
+        cell = _mean_std([-r.get(column, np.nan) for r in runs], digits=2)
+        cells.append(cell + (f" ({paper[i]:.2f})" if paper and cell != "—" else ""))
+      binned_rows.append([*label, *cells, str(len(runs))])
+  tables = [_markdown_table(header, rows)]
+  if binned_rows:
+    tables.append(_markdown_table(
+        ["N", "D", "model", *varying,
+         *("−" + c.replace("_", " ") for c in _HIB_BINNED),
+         "seeds"], binned_rows))
+  return "\n\n".join(tables)
 
 
 # The LAM paper's Fashion-MNIST (MNIST as OOD) cells, beside our rows.

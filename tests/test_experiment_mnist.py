@@ -150,18 +150,37 @@ def test_summarize_groups_seeds_into_mean_and_std(tmp_path):
   assert "| mnist | ncl | euclidean | 2 | vmf | 97.00 ± 0.00 | — | 0.8500 ± 0.0707 | 2 | 10 |" in table
 
 
-def test_summarize_hib_groups_models_and_shows_the_papers_numbers(tmp_path):
+def test_summarize_hib_groups_models_and_recipes_and_shows_the_papers_numbers(tmp_path):
   from experiments import summarize
-  for seed, ap in enumerate((0.98, 0.96)):
-    workdir = tmp_path / f"mog1_{seed}"
+  runs = [("mog1_s0", 1, 0.98, 0, -0.8), ("mog1_s1", 1, 0.96, 0, -0.6), ("point", 0, 0.97, 0, None),
+          ("mog1_trim", 1, 0.95, 100, -1.0)]
+  for name, components, ap, trim, binned in runs:
+    workdir = tmp_path / name
     workdir.mkdir()
-    (workdir / "metrics.json").write_text(json.dumps({
-        "num_digits": 2, "embedding_dim": 2, "num_components": 1, "verification_ap_clean": ap,
-        "knn_accuracy_clean": 0.9, "eta_ap_spearman_clean": float("nan"),
-        "train_seconds_this_run": 100.0}))
-  table = summarize.summarize_hib([str(p) for p in sorted(tmp_path.iterdir())])
-  assert "| 2 | 2 | MoG-1 | 0.970 ± 0.014 (0.989) | — | 0.900 ± 0.000 (0.879) | — | — |" in table
-  assert table.rstrip().endswith("| 2 | 100 |")
+    (workdir / "config.json").write_text(json.dumps({
+        "seed": int(name.endswith("s1")), "num_components": components,
+        "min_test_images_per_class": trim, "cache_dir": name}))
+    metrics = {"num_digits": 3, "embedding_dim": 2, "num_components": components,
+               "verification_ap_clean": ap, "knn_accuracy_clean": 0.5,
+               "eta_ap_spearman_clean": float("nan"), "train_seconds_this_run": 100.0}
+    if binned is not None:
+      metrics["eta_ap_binned_spearman_clean"] = binned
+    (workdir / "metrics.json").write_text(json.dumps(metrics))
+  performance, binned = summarize.summarize_hib(
+      [str(p) for p in sorted(tmp_path.iterdir())]).split("\n\n")
+  rows = performance.splitlines()
+  assert rows[0].startswith("| N | D | model | min_test_images_per_class | verification ap clean |")
+  # Seeds of one recipe form a row; a different recipe (trimmed test sets) is its own row; the
+  # cache folder is no recipe. The point model comes first; the paper's N = 3, D = 2 cells beside.
+  assert rows[2:] == [
+      "| 3 | 2 | point | 0 | 0.970 (0.978) | — | 0.500 (0.554) | — | — | — | — | — | 1 | 100 |",
+      "| 3 | 2 | MoG-1 | 0 | 0.970 ± 0.014 (0.981) | — | 0.500 ± 0.000 (0.591) | — | — | — | — | — "
+      "| 2 | 100 |",
+      "| 3 | 2 | MoG-1 | 100 | 0.950 (0.981) | — | 0.500 (0.591) | — | — | — | — | — | 1 | 100 |"]
+  # Bin-level correlations with the paper's sign (more uncertain, worse: positive), stochastic
+  # models only.
+  assert binned.splitlines()[2:] == ["| 3 | 2 | MoG-1 | 0 | 0.70 ± 0.14 (0.63) | — | — | — | 2 |",
+                                     "| 3 | 2 | MoG-1 | 100 | 1.00 (0.63) | — | — | — | 1 |"]
 
 
 def test_summarize_retrieval_orders_methods_and_shows_the_papers_cells(tmp_path):
