@@ -11,7 +11,7 @@ sphereembed.methods.default_config("hib")): about 2 minutes of training on an id
 CPU (120-130 s measured), plus about 15 s of evaluation.
 
 Measured (means over seeds 0-2; unseen classes, see sphereembed.evaluation.protocols.verification for the
-protocol; table in experiments/README.md): clean / corrupted verification AP: point 0.982 /
+protocol; tables in docs/results/hib.rst): clean / corrupted verification AP: point 0.982 /
 0.862, MoG-1 0.983 / 0.867, MoG-2 0.983 / 0.870; kNN accuracy clean / corrupted: point
 0.906 / 0.433, MoG-1 0.901 / 0.438, MoG-2 0.889 / 0.436. (Oh, Murphy, Pan, Roth, Schroff,
 Gallagher, "Modeling Uncertainty with Hedged Instance Embedding", ICLR 2019: clean AP 0.987 /

@@ -15,7 +15,8 @@ Measured (seeds 0 / 1 / 2, mean ± std; python -m experiments.summarize --hib <w
   point  0.989 ± 0.000 / 0.888 ± 0.004, 0.945 ± 0.005 / 0.504 ± 0.012
   MoG-1  0.990 ± 0.002 / 0.890 ± 0.005, 0.946 ± 0.012 / 0.499 ± 0.015
   MoG-2  0.991 ± 0.001 / 0.890 ± 0.002, 0.953 ± 0.003 / 0.501 ± 0.003
-  (self-mismatch correlations: experiments/README.md). 5-10 min per run on one busy core.
+  5-10 min per run on one busy core.
+  (the paper's values beside these, and the correlations: docs/results/hib.rst)
 """
 
 from sphereembed.methods import default_config
