@@ -10,12 +10,14 @@ Budget: 1800 steps of 128 images (16 classes x 8) and 512 pairs (the defaults of
 sphereembed.methods.default_config("hib")): about 2 minutes of training on an idle 2-core
 CPU (120-130 s measured), plus about 15 s of evaluation.
 
-Measured (means over seeds 0-2; unseen classes, see sphereembed.evaluation.protocols.verification for the
-protocol; tables in docs/results/hib.rst): clean / corrupted verification AP: point 0.982 /
-0.862, MoG-1 0.983 / 0.867, MoG-2 0.983 / 0.870; kNN accuracy clean / corrupted: point
-0.906 / 0.433, MoG-1 0.901 / 0.438, MoG-2 0.889 / 0.436. (Oh, Murphy, Pan, Roth, Schroff,
-Gallagher, "Modeling Uncertainty with Hedged Instance Embedding", ICLR 2019: clean AP 0.987 /
-0.989 / 0.990 and kNN accuracy 0.871 / 0.879 / 0.888 for point / MoG-1 / MoG-2.)
+Measured (seeds 0 / 1 / 2, mean ± std; unseen classes, see
+sphereembed.evaluation.protocols.verification for the protocol; python -m experiments.summarize
+--hib <workdirs>): verification AP clean / corrupted, kNN accuracy clean / corrupted:
+  point  0.983 ± 0.002 / 0.866 ± 0.009, 0.907 ± 0.002 / 0.444 ± 0.025
+  MoG-1  0.984 ± 0.001 / 0.870 ± 0.007, 0.901 ± 0.006 / 0.442 ± 0.014
+  MoG-2  0.983 ± 0.000 / 0.872 ± 0.002, 0.892 ± 0.010 / 0.440 ± 0.005
+  (Oh, Murphy, Pan, Roth, Schroff, Gallagher, "Modeling Uncertainty with Hedged Instance
+  Embedding", ICLR 2019, beside these, and the correlations: docs/results/hib.rst)
 """
 
 from sphereembed.methods import default_config
