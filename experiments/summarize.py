@@ -38,6 +38,12 @@ def _mean_std(values, scale: float = 1.0, digits: int = 2) -> str:
   return f"{np.nanmean(values):.{digits}f}{std}"
 
 
+def _varying_fields(configs, ignored) -> list[str]:
+  """The config fields, outside ``ignored``, whose values differ between ``configs``, sorted."""
+  fields = sorted({k for c in configs for k in c if k not in ignored})
+  return [k for k in fields if len({json.dumps(c.get(k)) for c in configs}) > 1]
+
+
 def summarize(workdirs: list[str], metrics: tuple[str, ...] = ()) -> str:
   """The markdown table of the ``metrics.json`` files under ``workdirs``.
 
@@ -64,10 +70,8 @@ def summarize(workdirs: list[str], metrics: tuple[str, ...] = ()) -> str:
   if not groups:
     raise SystemExit(f"No metrics.json under {workdirs}.")
   # The fields that differ between groups label the rows beyond the usual four.
-  fields = sorted({k for c in configs.values() for k in c if k not in _IGNORED})
-  varying = [k for k in fields
-             if len({json.dumps(c.get(k)) for c in configs.values()}) > 1
-             and k not in ("dataset", "loss", "metric", "embedding_dim")]
+  varying = _varying_fields(configs.values(),
+                           _IGNORED | {"dataset", "loss", "metric", "embedding_dim"})
   header = ["dataset", "loss", "distance", "D", *varying, "nearest-centroid test accuracy (%)",
             "balanced (%)", *metrics, "seeds", "train time (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -142,9 +146,7 @@ def _hib_groups(workdirs: list[str]) -> tuple[list[str], dict]:
         configs[workdir] = json.load(f)
     else:
       configs[workdir] = {}
-  ignored = _IGNORED | _HIB_LABEL_FIELDS
-  fields = sorted({k for c in configs.values() for k in c if k not in ignored})
-  varying = [k for k in fields if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
+  varying = _varying_fields(configs.values(), _IGNORED | _HIB_LABEL_FIELDS)
   rows = collections.defaultdict(list)
   for workdir, runs in groups.items():
     result = runs[0][1]
